@@ -1,0 +1,112 @@
+"""Batched autoregressive decoding with a KV cache, all inside one compiled `jax.lax.while_loop`.
+
+Prompts are left-padded so every row writes its next token into the same cache slot. The cache is kept as
+two stacks, the layers up to the intervention layer and those above it, so the scan split needs no copies.
+Every row may carry its own intervention parameters (leading batch axis).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from axjax.generation.sampling import SamplingConfig, sample_next
+from axjax.model.config import GemmaConfig
+from axjax.model.interventions import Intervention, InterventionContext, check_width
+from axjax.model.layers import AttentionFrame, LayerCache
+from axjax.model.transformer import check_tokens, embed, frame_from_mask, run_layers, unembed
+
+Array = jax.Array
+
+
+class GenerationOutput(NamedTuple):
+  tokens: Array  # [B, max_new_tokens] int32; after a stop token, `pad_id`
+  lengths: Array  # [B] number of tokens before the first stop token (the stop token excluded)
+
+
+def _empty_cache(config: GemmaConfig, layers: int, batch: int, slots: int, dtype) -> LayerCache:
+  shape = (layers, batch, slots, config.num_kv_heads, config.head_dim)
+  return LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _step(params, config: GemmaConfig, tokens: Array, frame: AttentionFrame, caches, cache_index: Array,
+          intervention: Intervention | None, intervention_params: Any, intervention_mask: Array):
+  """Runs new tokens [B, t] through every layer, writing the caches; returns last-position logits [B, V]."""
+  split = config.num_layers if intervention is None else intervention.layer + 1
+  x = embed(params, config, tokens)
+  x, lower, _ = run_layers(params, config, x, frame, 0, split, caches[0], cache_index)
+  if intervention is not None:
+    x = intervention.apply(intervention_params, x, InterventionContext(intervention_mask, frame.q_positions))
+  x, upper, _ = run_layers(params, config, x, frame, split, config.num_layers, caches[1], cache_index)
+  return unembed(params, config, x[:, -1]), (lower, upper)
+
+
+def generate_tokens(params, config: GemmaConfig, prompt: Array, prompt_mask: Array, rng: Array,
+                    sampling: SamplingConfig = SamplingConfig(), stop_ids: tuple[int, ...] = (),
+                    pad_id: int = 0, intervention: Intervention | None = None, intervention_params: Any = None,
+                    intervene_on_prompt: bool = True) -> GenerationOutput:
+  """Generates up to `sampling.max_new_tokens` tokens for left-padded prompts [B, T] with mask [B, T].
+
+  The intervention (if any) acts at every real prompt token (unless `intervene_on_prompt=False`) and at
+  every generated token, as AxBench's steering does.
+  """
+  check_tokens(prompt, config)
+  if intervention is not None:
+    config.check_layer(intervention.layer)
+    check_width(intervention_params, config.hidden_size)
+  return _generate(params, config, prompt, prompt_mask, rng, sampling, tuple(stop_ids), pad_id, intervention,
+                   intervention_params, intervene_on_prompt)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 5, 6, 7, 8, 10))
+def _generate(params, config, prompt, prompt_mask, rng, sampling, stop_ids, pad_id, intervention,
+              intervention_params, intervene_on_prompt) -> GenerationOutput:
+  chex.assert_rank([prompt, prompt_mask], 2)
+  chex.assert_equal_shape([prompt, prompt_mask])
+  batch, prompt_len = prompt.shape
+  new = sampling.max_new_tokens
+  slots = prompt_len + new
+  prompt_mask = prompt_mask.astype(bool)
+  dtype = params["embed"].dtype
+  split = config.num_layers if intervention is None else intervention.layer + 1
+  caches = (_empty_cache(config, split, batch, slots, dtype),
+            _empty_cache(config, config.num_layers - split, batch, slots, dtype))
+
+  # Positions of every slot: prompt tokens count real tokens only; generated ones continue from there.
+  prompt_frame = frame_from_mask(prompt_mask)
+  n_real = jnp.sum(prompt_mask, axis=-1).astype(jnp.int32)
+  gen_positions = n_real[:, None] + jnp.arange(new, dtype=jnp.int32)[None]
+  k_positions = jnp.concatenate([prompt_frame.q_positions, gen_positions], axis=1)
+  k_valid = jnp.concatenate([prompt_mask, jnp.ones((batch, new), bool)], axis=1)
+
+  frame = AttentionFrame(prompt_frame.q_positions, k_positions, k_valid)
+  prompt_imask = prompt_mask if intervene_on_prompt else jnp.zeros_like(prompt_mask)
+  logits, caches = _step(params, config, prompt, frame, caches, jnp.int32(0), intervention,
+                         intervention_params, prompt_imask)
+  stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
+
+  def cond(state):
+    step, _, _, _, done, _ = state
+    return (step < new) & ~jnp.all(done)
+
+  def body(state):
+    step, logits, caches, out, done, rng = state
+    rng, key = jax.random.split(rng)
+    token = jnp.where(done, pad_id, sample_next(logits, key, sampling))
+    out = out.at[:, step].set(token)
+    done = done | jnp.isin(token, stops)
+    step_frame = AttentionFrame(gen_positions[:, step][:, None], k_positions, k_valid)
+    logits, caches = _step(params, config, token[:, None], step_frame, caches, prompt_len + step,
+                           intervention, intervention_params, jnp.ones((batch, 1), bool))
+    return step + 1, logits, caches, out, done, rng
+
+  out = jnp.full((batch, new), pad_id, jnp.int32)
+  state = (jnp.int32(0), logits, caches, out, jnp.zeros((batch,), bool), rng)
+  _, _, _, out, _, _ = jax.lax.while_loop(cond, body, state)
+  is_stop = jnp.isin(out, stops)
+  lengths = jnp.where(jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1), new).astype(jnp.int32)
+  return GenerationOutput(out, lengths)
