@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from axjax.errors import UnsupportedModelError
+from axjax.errors import AxjaxError, UnsupportedModelError
 
 SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
 
@@ -52,7 +52,7 @@ class GemmaConfig:
   def check_layer(self, layer: int) -> int:
     """Returns `layer` if it names a decoder layer, else raises one clear error."""
     if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
-      raise ValueError(f"layer {layer!r} is out of range: this model has layers 0..{self.num_layers - 1}")
+      raise AxjaxError(f"layer {layer!r} is out of range: this model has layers 0..{self.num_layers - 1}")
     return layer
 
   def replace(self, **changes) -> "GemmaConfig":

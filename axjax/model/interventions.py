@@ -13,6 +13,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from axjax.errors import AxjaxError
+
 Array = jax.Array
 PyTree = Any
 
@@ -64,5 +66,4 @@ def check_width(params: PyTree, hidden_size: int) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     shape = getattr(leaf, "shape", ())
     if len(shape) >= 1 and path and getattr(path[-1], "key", None) == "vector" and shape[-1] != hidden_size:
-      from axjax.errors import AxjaxError
       raise AxjaxError(f"intervention vector has width {shape[-1]} but the model's hidden size is {hidden_size}")

@@ -1,0 +1,302 @@
+"""Speed and memory of axjax next to transformers (PyTorch), measured side by side in one run.
+
+  python -m experiments.bench_model [--suite=forward,decode,load_memory] [--model=gemma-3-270m]
+
+Suites:
+  forward      forward tokens/s (logits included) of axjax vs transformers on one batch of token ids.
+  decode       greedy decode tokens/s: axjax `generate_tokens` vs transformers `generate`, left-padded prompts.
+  load_memory  peak host memory of `axjax.load` on a random bfloat16 HF checkpoint, in a fresh process.
+
+`--model=random:<preset>` (e.g. random:gemma-2-2b) benchmarks random weights of an `axjax.PRESETS` shape on both
+sides, for machines with an accelerator:
+  python -m experiments.bench_model --suite=decode --model=random:gemma-2-2b --dtype=bfloat16 \\
+      --decode_batch_sizes=256 --reference_batch_size=10
+Timed runs of the two implementations alternate, so a noisy machine slows both alike; the ratios are the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app, flags
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import axjax  # noqa: E402
+from axjax.benchmarks import load_memory  # noqa: E402
+from axjax.generation.decode import generate_tokens  # noqa: E402
+from axjax.generation.sampling import SamplingConfig  # noqa: E402
+from axjax.loading.load import DTYPES  # noqa: E402
+
+SUITES = ("forward", "decode", "load_memory")
+RANDOM_PREFIX = "random:"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("suite", list(SUITES), f"Benchmarks to run, a comma list of: {', '.join(SUITES)}.")
+flags.DEFINE_string("model", axjax.EMBEDDED_MODEL,
+                    "Model for forward/decode: an `axjax.load` source (the embedded gemma-3-270m, a .gguf file "
+                    f"transformers can also read) or '{RANDOM_PREFIX}<preset>' for random weights of an "
+                    "axjax.PRESETS shape.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter dtype on both sides.")
+flags.DEFINE_integer("forward_batch", 4, "Rows of the forward batch.")
+flags.DEFINE_integer("forward_length", 128, "Tokens per row of the forward batch.")
+flags.DEFINE_list("decode_batch_sizes", ["1", "8", "10"], "axjax decode batch sizes (10 is AxBench's steering "
+                  "batch).")
+flags.DEFINE_integer("reference_batch_size", None, "transformers decode batch size; by default the same as "
+                     "each axjax batch size.")
+flags.DEFINE_integer("new_tokens", 32, "Tokens generated per row (both sides generate exactly this many).")
+flags.DEFINE_integer("prompt_length", 32, "Width of the left-padded prompts; rows hold between half of it and "
+                     "all of it.")
+flags.DEFINE_integer("repeats", 5, "Timed runs per implementation, after one warm-up run each.")
+flags.DEFINE_string("checkpoint_preset", "gemma-2-2b", "axjax.PRESETS shape of the load_memory checkpoint.")
+flags.DEFINE_string("scratch_dir", "/tmp/axjax_bench", "Where the load_memory checkpoint is written (once).")
+flags.DEFINE_string("output", "bench_out/bench_model.json", "JSON file the results are written to.")
+flags.DEFINE_integer("seed", 0, "Seed of the token ids and random weights.")
+flags.register_validator("suite", lambda names: set(names) <= set(SUITES),
+                         f"--suite takes a comma list of: {', '.join(SUITES)}")
+flags.register_validator("decode_batch_sizes", lambda sizes: all(s.isdigit() and int(s) > 0 for s in sizes),
+                         "--decode_batch_sizes takes a comma list of positive integers")
+
+
+def log(message: str) -> None:
+  """A progress line on stderr."""
+  print(f"[bench_model] {message}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Pair:
+  """The same model twice: axjax parameters and a transformers module on `device`."""
+
+  config: axjax.GemmaConfig
+  params: Any
+  reference: Any
+  device: Any
+  same_weights: bool  # both sides hold the same weights, so their greedy tokens should agree
+
+
+def torch_device():
+  """CUDA when PyTorch sees a GPU, else the CPU with one thread per available core."""
+  import torch
+
+  if torch.cuda.is_available():
+    return torch.device("cuda")
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  return torch.device("cpu")
+
+
+def load_pair(model: str, dtype: str) -> Pair:
+  """Loads (or, for random:<preset>, initialises) the model on both sides."""
+  import torch
+  import transformers
+
+  device = torch_device()
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  if model.startswith(RANDOM_PREFIX):
+    config = axjax.PRESETS[model[len(RANDOM_PREFIX):]]
+    params = axjax.init_params(config, jax.random.key(FLAGS.seed), DTYPES[dtype])
+    hf = load_memory.hf_config_dict(config)
+    hf_config = transformers.AutoConfig.for_model(hf.pop("model_type"), **hf)
+    torch.manual_seed(FLAGS.seed)
+    with device:
+      reference = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
+    return Pair(config, params, reference.eval(), device, same_weights=False)
+  lm = axjax.load(model, dtype=dtype)
+  path = lm.source
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch_dtype).to(device)
+  return Pair(lm.config, lm.params, reference.eval(), device, same_weights=True)
+
+
+def random_ids(rng: np.random.Generator, shape: tuple[int, ...], vocab_size: int) -> np.ndarray:
+  """Token ids that avoid the first 1000 (special and control tokens)."""
+  return rng.integers(1000, vocab_size, size=shape, dtype=np.int32)
+
+
+def left_padded_prompts(batch: int, width: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Random prompts of width//2..width tokens, left-padded with id 0 to `width`: ids and mask [batch, width]."""
+  rng = np.random.default_rng(FLAGS.seed)
+  lengths = rng.integers(max(1, width // 2), width + 1, size=batch)
+  ids = random_ids(rng, (batch, width), vocab_size)
+  mask = np.arange(width)[None, :] >= (width - lengths)[:, None]
+  return np.where(mask, ids, 0).astype(np.int32), mask
+
+
+def sync(device) -> None:
+  """Waits for queued PyTorch work on `device`."""
+  import torch
+
+  if device.type == "cuda":
+    torch.cuda.synchronize()
+
+
+def time_alternating(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+  """Median seconds per run; one warm-up each, then the runs take turns so background load hits all alike."""
+  for name, run in runs.items():
+    start = time.perf_counter()
+    run()
+    log(f"  warm-up {name}: {time.perf_counter() - start:.2f}s")
+  times = {name: [] for name in runs}
+  for i in range(repeats):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+    log(f"  repeat {i + 1}/{repeats}: " + ", ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items()))
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_forward(pair: Pair) -> dict[str, Any]:
+  """Forward tokens/s with full logits, one batch of random ids on both sides."""
+  import torch
+
+  b, t = FLAGS.forward_batch, FLAGS.forward_length
+  log(f"forward: batch {b} x {t} tokens")
+  ids = random_ids(np.random.default_rng(FLAGS.seed), (b, t), pair.config.vocab_size)
+  j_ids, j_mask = jnp.asarray(ids), jnp.ones((b, t), bool)
+  t_ids = torch.from_numpy(ids).long().to(pair.device)
+  t_mask = torch.ones_like(t_ids)
+
+  def run_axjax():
+    return jax.block_until_ready(axjax.forward(pair.params, pair.config, j_ids, j_mask).logits)
+
+  def run_reference():
+    with torch.inference_mode():
+      logits = pair.reference(input_ids=t_ids, attention_mask=t_mask, use_cache=False).logits
+    sync(pair.device)
+    return logits
+
+  seconds = time_alternating({"axjax": run_axjax, "transformers": run_reference}, FLAGS.repeats)
+  tokens = b * t
+  return {"batch": b, "length": t, "axjax_seconds": seconds["axjax"],
+          "transformers_seconds": seconds["transformers"], "axjax_tokens_per_s": tokens / seconds["axjax"],
+          "transformers_tokens_per_s": tokens / seconds["transformers"],
+          "ratio": seconds["transformers"] / seconds["axjax"]}
+
+
+def bench_decode_one(pair: Pair, batch: int, reference_batch: int) -> dict[str, Any]:
+  """Greedy decode tokens/s of axjax at `batch` rows vs transformers `generate` at `reference_batch` rows."""
+  import torch
+
+  new, width = FLAGS.new_tokens, FLAGS.prompt_length
+  log(f"decode: axjax batch {batch}, transformers batch {reference_batch}, {width}-token prompts, {new} new")
+  ids, mask = left_padded_prompts(max(batch, reference_batch), width, pair.config.vocab_size)
+  j_ids, j_mask = jnp.asarray(ids[:batch]), jnp.asarray(mask[:batch])
+  t_ids = torch.from_numpy(ids[:reference_batch]).long().to(pair.device)
+  t_mask = torch.from_numpy(mask[:reference_batch]).long().to(pair.device)
+  sampling = SamplingConfig(max_new_tokens=new, temperature=0.0)
+  outputs = {}
+
+  def run_axjax():
+    out = generate_tokens(pair.params, pair.config, j_ids, j_mask, jax.random.key(0), sampling, (), 0)
+    outputs["axjax"] = np.asarray(jax.block_until_ready(out.tokens))
+
+  def run_reference():
+    with torch.inference_mode():
+      out = pair.reference.generate(input_ids=t_ids, attention_mask=t_mask, do_sample=False,
+                                    max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+    sync(pair.device)
+    outputs["transformers"] = out[:, width:].cpu().numpy()
+
+  seconds = time_alternating({"axjax": run_axjax, "transformers": run_reference}, FLAGS.repeats)
+  axjax_tps = batch * new / seconds["axjax"]
+  reference_tps = reference_batch * new / seconds["transformers"]
+  result = {"batch": batch, "reference_batch": reference_batch, "new_tokens": new, "prompt_length": width,
+            "axjax_seconds": seconds["axjax"], "transformers_seconds": seconds["transformers"],
+            "axjax_tokens_per_s": axjax_tps, "transformers_tokens_per_s": reference_tps,
+            "ratio": axjax_tps / reference_tps}
+  if pair.same_weights:
+    rows = min(batch, reference_batch)
+    result["greedy_token_agreement"] = float(np.mean(outputs["axjax"][:rows] == outputs["transformers"][:rows]))
+  return result
+
+
+def bench_decode(pair: Pair) -> list[dict[str, Any]]:
+  """Decode results for every `--decode_batch_sizes` entry."""
+  return [bench_decode_one(pair, int(b), FLAGS.reference_batch_size or int(b)) for b in FLAGS.decode_batch_sizes]
+
+
+def bench_load_memory() -> dict[str, Any]:
+  """Peak host memory of loading a random bfloat16 `--checkpoint_preset` checkpoint, over its parameter bytes."""
+  config = axjax.PRESETS[FLAGS.checkpoint_preset]
+  folder = os.path.join(FLAGS.scratch_dir, f"{FLAGS.checkpoint_preset}-random-bf16")
+  log(f"load_memory: checkpoint {folder} (written once, then reused)")
+  os.makedirs(FLAGS.scratch_dir, exist_ok=True)
+  load_memory.write_checkpoint(folder, config, seed=FLAGS.seed)
+  log("load_memory: axjax.load in a fresh process")
+  result = load_memory.measure(folder, "bfloat16")
+  extra = result["peak_rss_bytes"] - result["baseline_rss_bytes"]
+  return {"checkpoint": folder, "preset": FLAGS.checkpoint_preset, **result, "peak_over_baseline_bytes": extra,
+          "peak_ratio": extra / result["param_bytes"],
+          "final_ratio": (result["final_rss_bytes"] - result["baseline_rss_bytes"]) / result["param_bytes"]}
+
+
+def machine() -> dict[str, Any]:
+  """Where the figures were taken."""
+  import torch
+  import transformers
+
+  with open("/proc/meminfo") as f:
+    mem_kib = int(f.readline().split()[1])
+  return {"platform": platform.platform(), "cpu_cores": len(os.sched_getaffinity(0)),
+          "memory_gib": round(mem_kib / 2**20, 1), "jax_devices": [str(d) for d in jax.devices()],
+          "torch_device": "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+          "versions": {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__}}
+
+
+def print_table(results: dict[str, Any]) -> None:
+  """The results as a plain-text table on stdout."""
+  rows = [("benchmark", "axjax tok/s", "transformers tok/s", "ratio axjax/transformers")]
+  if "forward" in results:
+    r = results["forward"]
+    rows.append((f"forward {r['batch']}x{r['length']}", f"{r['axjax_tokens_per_s']:.1f}",
+                 f"{r['transformers_tokens_per_s']:.1f}", f"{r['ratio']:.2f}x"))
+  for r in results.get("decode", []):
+    agreement = f" (greedy agreement {r['greedy_token_agreement']:.0%})" if "greedy_token_agreement" in r else ""
+    rows.append((f"decode axjax b{r['batch']} vs transformers b{r['reference_batch']}",
+                 f"{r['axjax_tokens_per_s']:.1f}", f"{r['transformers_tokens_per_s']:.1f}",
+                 f"{r['ratio']:.2f}x{agreement}"))
+  widths = [max(len(row[i]) for row in rows) for i in range(4)]
+  print(f"model {results['model']} ({results['dtype']})")
+  for row in rows:
+    print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+  if "load_memory" in results:
+    r = results["load_memory"]
+    print(f"load_memory {r['preset']} bf16: parameters {r['param_bytes'] / 1e9:.3f} GB, peak RSS over baseline "
+          f"{r['peak_over_baseline_bytes'] / 1e9:.3f} GB = {r['peak_ratio']:.2f}x parameter bytes "
+          f"(resident after load {r['final_ratio']:.2f}x), load {r['load_seconds']:.1f}s")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  results: dict[str, Any] = {"model": FLAGS.model, "dtype": FLAGS.dtype, "machine": machine()}
+  if {"forward", "decode"} & set(FLAGS.suite):
+    log(f"loading {FLAGS.model} ({FLAGS.dtype}) in axjax and transformers")
+    pair = load_pair(FLAGS.model, FLAGS.dtype)
+    results["transformers_attention"] = pair.reference.config._attn_implementation
+    if "forward" in FLAGS.suite:
+      results["forward"] = bench_forward(pair)
+    if "decode" in FLAGS.suite:
+      results["decode"] = bench_decode(pair)
+    del pair  # frees the models before load_memory writes its checkpoint
+  if "load_memory" in FLAGS.suite:
+    results["load_memory"] = bench_load_memory()
+  print_table(results)
+  os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
+  with open(FLAGS.output, "w") as f:
+    json.dump(results, f, indent=2)
+  log(f"wrote {FLAGS.output}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny random Hugging Face Gemma checkpoints (PyTorch reference) and the embedded model."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import axjax  # noqa: E402
+
+TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=7, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+WINDOW = 8  # shorter than the test sequences, so sliding layers really slide
+
+
+def tiny_hf_config(model_type: str):
+  """A tiny HF config of each family; Gemma 3 has the 5-local/1-global pattern and linear RoPE scaling."""
+  if model_type == "gemma":
+    return transformers.GemmaConfig(**TINY)
+  if model_type == "gemma2":
+    return transformers.Gemma2Config(**TINY, sliding_window=WINDOW, attn_logit_softcapping=50.0,
+                                      final_logit_softcapping=30.0, query_pre_attn_scalar=24)
+  return transformers.Gemma3TextConfig(
+      **TINY, sliding_window=WINDOW, query_pre_attn_scalar=16,
+      rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                       "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}})
+
+
+def tiny_hf_model(model_type: str):
+  """A random float32 HF model; norm weights are randomised too so the (1 + w) convention is exercised."""
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(tiny_hf_config(model_type), attn_implementation="eager")
+  model = model.float().eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.normal_(0.0, 0.5)
+  return model
+
+
+@pytest.fixture(scope="session", params=["gemma", "gemma2", "gemma3"])
+def tiny_checkpoint(request, tmp_path_factory):
+  """(HF model, folder) for each family, saved as sharded safetensors with an index like real checkpoints."""
+  model = tiny_hf_model(request.param)
+  folder = tmp_path_factory.mktemp(request.param)
+  model.save_pretrained(folder, max_shard_size="40KB")
+  return model, str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory):
+  model = tiny_hf_model("gemma3")
+  folder = tmp_path_factory.mktemp("gemma3_single")
+  model.save_pretrained(folder)
+  return model, str(folder)
+
+
+@pytest.fixture(scope="session")
+def embedded():
+  """The embedded Gemma 3 270M in float32, loaded once for the whole session."""
+  return axjax.load(axjax.EMBEDDED_MODEL)
+
+
+def padded_batch(rng: np.random.Generator, vocab: int, lengths, width: int):
+  """Random token ids [B, width], left-padded to the given real lengths, and the mask."""
+  ids = rng.integers(0, vocab, (len(lengths), width)).astype(np.int32)
+  mask = np.zeros((len(lengths), width), bool)
+  for i, n in enumerate(lengths):
+    mask[i, width - n:] = True
+  return ids, mask
