@@ -18,7 +18,7 @@ from axjax.generation.sampling import SamplingConfig, sample_next
 from axjax.model.config import GemmaConfig
 from axjax.model.interventions import Intervention, InterventionContext, check_width
 from axjax.model.layers import AttentionFrame, LayerCache
-from axjax.model.transformer import check_tokens, embed, frame_from_mask, run_layers, unembed
+from axjax.model.transformer import check_tokens, embed, frame_from_mask, layer_slice, run_layers, unembed
 
 Array = jax.Array
 
@@ -33,15 +33,17 @@ def _empty_cache(config: GemmaConfig, layers: int, batch: int, slots: int, dtype
   return LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def _step(params, config: GemmaConfig, tokens: Array, frame: AttentionFrame, caches, cache_index: Array,
-          intervention: Intervention | None, intervention_params: Any, intervention_mask: Array):
-  """Runs new tokens [B, t] through every layer, writing the caches; returns last-position logits [B, V]."""
-  split = config.num_layers if intervention is None else intervention.layer + 1
+def _step(params, segments, split: int, config: GemmaConfig, tokens: Array, frame: AttentionFrame, caches,
+          cache_index: Array, intervention: Intervention | None, intervention_params: Any, intervention_mask: Array):
+  """Runs new tokens [B, t] through layers [0, split) and [split, N), writing the caches.
+
+  Returns the last position's logits [B, V] and the caches.
+  """
   x = embed(params, config, tokens)
-  x, lower, _ = run_layers(params, config, x, frame, 0, split, caches[0], cache_index)
+  x, lower, _ = run_layers(segments[0], config, x, frame, 0, caches[0], cache_index)
   if intervention is not None:
     x = intervention.apply(intervention_params, x, InterventionContext(intervention_mask, frame.q_positions))
-  x, upper, _ = run_layers(params, config, x, frame, split, config.num_layers, caches[1], cache_index)
+  x, upper, _ = run_layers(segments[1], config, x, frame, split, caches[1], cache_index)
   return unembed(params, config, x[:, -1]), (lower, upper)
 
 
@@ -73,6 +75,7 @@ def _generate(params, config, prompt, prompt_mask, rng, sampling, stop_ids, pad_
   prompt_mask = prompt_mask.astype(bool)
   dtype = params["embed"].dtype
   split = config.num_layers if intervention is None else intervention.layer + 1
+  segments = (layer_slice(params, 0, split), layer_slice(params, split, config.num_layers))
   caches = (_empty_cache(config, split, batch, slots, dtype),
             _empty_cache(config, config.num_layers - split, batch, slots, dtype))
 
@@ -85,7 +88,7 @@ def _generate(params, config, prompt, prompt_mask, rng, sampling, stop_ids, pad_
 
   frame = AttentionFrame(prompt_frame.q_positions, k_positions, k_valid)
   prompt_imask = prompt_mask if intervene_on_prompt else jnp.zeros_like(prompt_mask)
-  logits, caches = _step(params, config, prompt, frame, caches, jnp.int32(0), intervention,
+  logits, caches = _step(params, segments, split, config, prompt, frame, caches, jnp.int32(0), intervention,
                          intervention_params, prompt_imask)
   stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
 
@@ -100,7 +103,7 @@ def _generate(params, config, prompt, prompt_mask, rng, sampling, stop_ids, pad_
     out = out.at[:, step].set(token)
     done = done | jnp.isin(token, stops)
     step_frame = AttentionFrame(gen_positions[:, step][:, None], k_positions, k_valid)
-    logits, caches = _step(params, config, token[:, None], step_frame, caches, prompt_len + step,
+    logits, caches = _step(params, segments, split, config, token[:, None], step_frame, caches, prompt_len + step,
                            intervention, intervention_params, jnp.ones((batch, 1), bool))
     return step + 1, logits, caches, out, done, rng
 

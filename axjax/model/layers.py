@@ -28,6 +28,15 @@ class AttentionFrame(NamedTuple):
   k_valid: Array  # [B, S] bool: the slot holds a real (non-pad) token
 
 
+class LayerContext(NamedTuple):
+  """Per-layer inputs besides the residual stream: token geometry, this layer's RoPE and window, cache slot."""
+
+  frame: AttentionFrame
+  inv_freq: Array  # [hd/2] RoPE inverse frequencies of this layer
+  window: Array  # [] sliding window in tokens; 0 = global attention
+  cache_index: Array | None = None  # first cache slot written by these tokens
+
+
 class LayerCache(NamedTuple):
   """Keys and values of one layer (or, stacked, of several) for every cache slot, and where to write next."""
 
@@ -72,10 +81,10 @@ class Attention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, frame: AttentionFrame, inv_freq: Array, window: Array,
-               cache: LayerCache | None = None, cache_index: Array | None = None
+  def __call__(self, x: Array, ctx: LayerContext, cache: LayerCache | None = None
                ) -> tuple[Array, LayerCache | None]:
     c = self.config
+    frame = ctx.frame
     d, h, kv, hd = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
     init = nn.initializers.normal(0.02)
     wq = self.param("q", init, (d, h, hd), self.dtype)
@@ -88,11 +97,11 @@ class Attention(nn.Module):
     if c.use_qk_norm:
       q = RMSNorm(c.rms_norm_eps, name="q_norm")(q)
       k = RMSNorm(c.rms_norm_eps, name="k_norm")(k)
-    q = apply_rope(q, frame.q_positions, inv_freq)
-    k = apply_rope(k, frame.q_positions, inv_freq)
+    q = apply_rope(q, frame.q_positions, ctx.inv_freq)
+    k = apply_rope(k, frame.q_positions, ctx.inv_freq)
     if cache is not None:  # write this step's keys/values into their slots, then attend over all slots
-      k = jax.lax.dynamic_update_slice_in_dim(cache.k, k, cache_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache.v, v, cache_index, axis=1)
+      k = jax.lax.dynamic_update_slice_in_dim(cache.k, k, ctx.cache_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache.v, v, ctx.cache_index, axis=1)
       cache = LayerCache(k, v)
     b, t = q.shape[:2]
     q = q.reshape(b, t, kv, h // kv, hd)
@@ -100,7 +109,7 @@ class Attention(nn.Module):
     logits = logits.astype(jnp.float32)
     if c.attn_logit_softcap:
       logits = jnp.tanh(logits / c.attn_logit_softcap) * c.attn_logit_softcap
-    mask = attention_mask(frame, window)[:, None, None]
+    mask = attention_mask(frame, ctx.window)[:, None, None]
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, h, hd)
@@ -131,12 +140,10 @@ class DecoderBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, frame: AttentionFrame, inv_freq: Array, window: Array,
-               cache: LayerCache | None = None, cache_index: Array | None = None
+  def __call__(self, x: Array, ctx: LayerContext, cache: LayerCache | None = None
                ) -> tuple[Array, LayerCache | None]:
     c = self.config
-    a, cache = Attention(c, self.dtype, name="attn")(
-        RMSNorm(c.rms_norm_eps, name="input_norm")(x), frame, inv_freq, window, cache, cache_index)
+    a, cache = Attention(c, self.dtype, name="attn")(RMSNorm(c.rms_norm_eps, name="input_norm")(x), ctx, cache)
     if c.use_post_norms:
       a = RMSNorm(c.rms_norm_eps, name="post_attn_norm")(a)
     x = x + a

@@ -19,7 +19,7 @@ import numpy as np
 from axjax.errors import AxjaxError
 from axjax.model.config import GemmaConfig
 from axjax.model.interventions import Intervention, InterventionContext, check_width
-from axjax.model.layers import AttentionFrame, DecoderBlock, LayerCache, RMSNorm
+from axjax.model.layers import AttentionFrame, DecoderBlock, LayerCache, LayerContext, RMSNorm
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -53,7 +53,7 @@ def init_params(config: GemmaConfig, rng: Array, dtype=jnp.float32) -> Params:
   block = DecoderBlock(config, dtype)
   x = jnp.zeros((b, t, config.hidden_size), dtype)
   freqs, windows = layer_tables(config)
-  init_one = lambda k: block.init(k, x, frame, freqs[0], windows[0])["params"]
+  init_one = lambda k: block.init(k, x, LayerContext(frame, freqs[0], windows[0]))["params"]
   layers = jax.vmap(init_one)(jax.random.split(k_layers, config.num_layers))
   params = {
       "embed": jax.random.normal(k_embed, (config.vocab_size, config.hidden_size)) * 0.02,
@@ -76,27 +76,33 @@ def embed(params: Params, config: GemmaConfig, tokens: Array) -> Array:
   return jnp.take(table, tokens, axis=0) * jnp.asarray(math.sqrt(config.hidden_size), table.dtype)
 
 
-def run_layers(params: Params, config: GemmaConfig, x: Array, frame: AttentionFrame, start: int, stop: int,
+def layer_slice(params: Params, start: int, stop: int) -> Params:
+  """The stacked parameters of layers [start, stop). Slice once, outside loops, so no step copies weights."""
+  return jax.tree.map(lambda a: a[start:stop], params["layers"])
+
+
+def run_layers(layers: Params, config: GemmaConfig, x: Array, frame: AttentionFrame, start: int,
                cache: LayerCache | None = None, cache_index: Array | None = None,
                collect: bool = False, remat: bool = False) -> tuple[Array, LayerCache | None, Array | None]:
-  """Runs decoder layers [start, stop) under one scan. `cache`, if given, is stacked over those layers.
+  """Runs the stacked `layers` (model layers start, start+1, ...) under one scan; `cache` is stacked likewise.
 
   Returns the residual stream, the updated cache and (if `collect`) the stream after each layer.
   """
-  if stop <= start:
+  count = jax.tree.leaves(layers)[0].shape[0]
+  if count == 0:
     return x, cache, (jnp.zeros((0,) + x.shape, x.dtype) if collect else None)
   freqs, windows = layer_tables(config)
-  layer_params = jax.tree.map(lambda a: a[start:stop], params["layers"])
   block = DecoderBlock(config, x.dtype)
 
   def body(h, xs):
     p, inv_freq, window, layer_cache = xs
-    h, layer_cache = block.apply({"params": p}, h, frame, inv_freq, window, layer_cache, cache_index)
+    h, layer_cache = block.apply({"params": p}, h, LayerContext(frame, inv_freq, window, cache_index), layer_cache)
     return h, (layer_cache, h if collect else None)
 
   if remat:
     body = jax.checkpoint(body)
-  xs = (layer_params, jnp.asarray(freqs[start:stop]), jnp.asarray(windows[start:stop]), cache)
+  stop = start + count
+  xs = (layers, jnp.asarray(freqs[start:stop]), jnp.asarray(windows[start:stop]), cache)
   x, (cache, hidden) = jax.lax.scan(body, x, xs)
   return x, cache, hidden
 
@@ -152,13 +158,13 @@ def _forward(params, config, tokens, mask, intervention, intervention_params, in
   split = n if intervention is None else intervention.layer + 1
   stop = n if stop_after_layer is None else stop_after_layer + 1
   x = embed(params, config, tokens)
-  x, _, hid_a = run_layers(params, config, x, frame, 0, min(split, stop), collect=collect_hidden)
+  x, _, hid_a = run_layers(layer_slice(params, 0, min(split, stop)), config, x, frame, 0, collect=collect_hidden)
   hid_b = None
   if split < stop or (intervention is not None and split == stop):
     x = jax.lax.stop_gradient(x)
     ctx = InterventionContext(mask if intervention_mask is None else intervention_mask & mask, frame.q_positions)
     x = intervention.apply(intervention_params, x, ctx)
-    x, _, hid_b = run_layers(params, config, x, frame, split, stop, collect=collect_hidden)
+    x, _, hid_b = run_layers(layer_slice(params, split, stop), config, x, frame, split, collect=collect_hidden)
   all_hidden = None
   if collect_hidden:
     all_hidden = hid_a if hid_b is None else jnp.concatenate([hid_a, hid_b], axis=0)
