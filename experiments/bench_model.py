@@ -249,7 +249,8 @@ def machine() -> dict[str, Any]:
   with open("/proc/meminfo") as f:
     mem_kib = int(f.readline().split()[1])
   return {"platform": platform.platform(), "cpu_cores": len(os.sched_getaffinity(0)),
-          "memory_gib": round(mem_kib / 2**20, 1), "jax_devices": [str(d) for d in jax.devices()],
+          "memory_gib": round(mem_kib / 2**20, 1), "load_average_at_start": os.getloadavg(),
+          "jax_devices": [str(d) for d in jax.devices()],
           "torch_device": "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
           "versions": {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__}}
 
@@ -266,10 +267,12 @@ def print_table(results: dict[str, Any]) -> None:
     rows.append((f"decode axjax b{r['batch']} vs transformers b{r['reference_batch']}",
                  f"{r['axjax_tokens_per_s']:.1f}", f"{r['transformers_tokens_per_s']:.1f}",
                  f"{r['ratio']:.2f}x{agreement}"))
-  widths = [max(len(row[i]) for row in rows) for i in range(4)]
-  print(f"model {results['model']} ({results['dtype']})")
-  for row in rows:
-    print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+  if len(rows) > 1:
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print(f"model {results['model']} ({results['dtype']}, transformers attention "
+          f"{results['transformers_attention']})")
+    for row in rows:
+      print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
   if "load_memory" in results:
     r = results["load_memory"]
     print(f"load_memory {r['preset']} bf16: parameters {r['param_bytes'] / 1e9:.3f} GB, peak RSS over baseline "

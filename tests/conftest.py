@@ -17,23 +17,32 @@ TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_lay
 WINDOW = 8  # shorter than the test sequences, so sliding layers really slide
 
 
-def tiny_hf_config(model_type: str):
-  """A tiny HF config of each family; Gemma 3 has the 5-local/1-global pattern and linear RoPE scaling."""
+def tiny_hf_config(model_type: str, gguf_representable: bool = False):
+  """A tiny HF config of each family; Gemma 3 has the 5-local/1-global pattern and linear RoPE scaling.
+
+  GGUF files cannot express a query scale other than head_dim or linear RoPE scaling, so the
+  `gguf_representable` variants use head_dim and plain RoPE.
+  """
   if model_type == "gemma":
     return transformers.GemmaConfig(**TINY)
   if model_type == "gemma2":
     return transformers.Gemma2Config(**TINY, sliding_window=WINDOW, attn_logit_softcapping=50.0,
-                                      final_logit_softcapping=30.0, query_pre_attn_scalar=24)
+                                      final_logit_softcapping=30.0,
+                                      query_pre_attn_scalar=TINY["head_dim"] if gguf_representable else 24)
+  global_rope = {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}
+  if gguf_representable:
+    global_rope = {"rope_type": "default", "rope_theta": 1e6}
   return transformers.Gemma3TextConfig(
       **TINY, sliding_window=WINDOW, query_pre_attn_scalar=16,
       rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-                       "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}})
+                       "full_attention": global_rope})
 
 
-def tiny_hf_model(model_type: str):
+def tiny_hf_model(model_type: str, gguf_representable: bool = False):
   """A random float32 HF model; norm weights are randomised too so the (1 + w) convention is exercised."""
   torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(tiny_hf_config(model_type), attn_implementation="eager")
+  config = tiny_hf_config(model_type, gguf_representable)
+  model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
   model = model.float().eval()
   with torch.no_grad():
     for name, p in model.named_parameters():

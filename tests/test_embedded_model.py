@@ -51,7 +51,7 @@ def test_logits_and_perplexity_match_transformers(embedded):
 
 def test_bfloat16_tracks_float32(embedded):
   ids = embedded.tokenizer(PARAGRAPH, return_tensors="np").input_ids
-  bf16 = axjax.load(axjax.EMBEDDED_MODEL, dtype="bfloat16")
+  bf16 = axjax.load(embedded.source, dtype="bfloat16")  # the .gguf path branch
   f32 = np.asarray(axjax.forward(embedded.params, embedded.config, ids).logits)
   b16 = np.asarray(axjax.forward(bf16.params, bf16.config, ids).logits)
   assert bf16.params["embed"].dtype == np.dtype("bfloat16")

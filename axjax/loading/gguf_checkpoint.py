@@ -26,6 +26,9 @@ _CONFIG_KEYS = {
     "attn_logit_softcapping": "attn_logit_softcapping",
     "final_logit_softcapping": "final_logit_softcapping",
 }
+# GGUF has no query_pre_attn_scalar: llama.cpp scales queries by head_dim ** -0.5, except for the 27B models
+# (identified by their layer counts), which use (hidden_size / heads) ** -0.5.
+_SCALE_BY_WIDTH_LAYERS = {"gemma2": 46, "gemma3": 62}
 # llama.cpp stores Gemma's zero-centred norm weights with +1 folded in; we keep HF's convention.
 NORM_OFFSET = 1.0
 
@@ -39,10 +42,15 @@ def hf_config_dict(path: str, meta: dict[str, Any], vocab_size: int) -> dict[str
   for key, hf_key in _CONFIG_KEYS.items():
     if f"{arch}.{key}" in meta:
       hf[hf_key] = meta[f"{arch}.{key}"]
+  heads = hf.get("num_attention_heads", 1)
+  head_dim = hf.get("head_dim") or hf.get("hidden_size", 0) // heads
+  by_width = hf.get("num_hidden_layers") == _SCALE_BY_WIDTH_LAYERS.get(arch)
+  hf["query_pre_attn_scalar"] = hf.get("hidden_size", 0) // heads if by_width else head_dim
   return hf
 
 
-def load_gguf(path: str, dtype) -> tuple[GemmaConfig, dict]:
+def load_gguf(path: str, dtype) -> tuple[GemmaConfig, dict, dict[str, Any]]:
+  """Config, parameters and metadata of a GGUF file."""
   meta, tensors = read_gguf(path)
   by_name = {t.name: t for t in tensors}
   if "token_embd.weight" not in by_name:
@@ -54,4 +62,4 @@ def load_gguf(path: str, dtype) -> tuple[GemmaConfig, dict]:
     if target is not None:
       offset = NORM_OFFSET if target.kind == "norm" else 0.0
       filler.put(target, tensor.name, read_gguf_tensor(path, tensor), norm_offset=offset)
-  return config, filler.finish()
+  return config, filler.finish(), meta

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any
 
+from absl import logging
 import jax.numpy as jnp
 
 from axjax.errors import AxjaxError, CheckpointError
@@ -39,6 +40,14 @@ def embedded_gguf_path() -> str:
   return str(package.assemble(target))
 
 
+def _load_gguf_model(name: str, path: str, dtype) -> LoadedModel:
+  config, params, meta = load_gguf(path, dtype)
+  if "tokenizer.ggml.model" not in meta:
+    logging.warning("%s has no tokenizer; the model loads without one", path)
+    return LoadedModel(name, config, params, None, path)
+  return LoadedModel(name, config, params, tokenizers.gguf_tokenizer(path), path)
+
+
 def load(source: str, dtype: str = "float32") -> LoadedModel:
   """Loads a Gemma model from `gemma-3-270m` (embedded), a `.gguf` file, or an HF checkpoint folder."""
   if dtype not in DTYPES:
@@ -46,9 +55,7 @@ def load(source: str, dtype: str = "float32") -> LoadedModel:
   os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers must never reach for the network
   jdtype = DTYPES[dtype]
   if source == EMBEDDED_MODEL:
-    path = embedded_gguf_path()
-    config, params = load_gguf(path, jdtype)
-    return LoadedModel(EMBEDDED_MODEL, config, params, tokenizers.gguf_tokenizer(path), path)
+    return _load_gguf_model(EMBEDDED_MODEL, embedded_gguf_path(), jdtype)
   if not os.path.exists(source):
     raise CheckpointError(f"no model at {source}: give an HF checkpoint folder, a .gguf file, "
                           f"or {EMBEDDED_MODEL!r}")
@@ -58,6 +65,5 @@ def load(source: str, dtype: str = "float32") -> LoadedModel:
     params = hf_checkpoint.load_params(source, config, jdtype)
     return LoadedModel(name, config, params, tokenizers.folder_tokenizer(source), source)
   if source.endswith(".gguf"):
-    config, params = load_gguf(source, jdtype)
-    return LoadedModel(name, config, params, tokenizers.gguf_tokenizer(source), source)
+    return _load_gguf_model(name, source, jdtype)
   raise CheckpointError(f"{source} is neither a checkpoint folder nor a .gguf file")
