@@ -66,3 +66,16 @@ def test_tokenizer_is_converted_from_the_gguf_once(embedded, monkeypatch):
   tok = gguf_tokenizer(embedded.source)
   assert calls and not any("gguf_file" in kwargs for kwargs in calls)  # read back from the on-disk cache
   assert tok("Hello world").input_ids == embedded.tokenizer("Hello world").input_ids
+
+
+def test_torch_free_tokenizer_conversion_equals_transformers_gguf_path(embedded):
+  """Our conversion (no PyTorch needed) gives the tokenizer transformers builds through its own GGUF reader."""
+  folder, name = os.path.split(embedded.source)
+  ref = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+  texts = [PARAGRAPH, "  leading spaces\tand tabs\n\nnew lines", "code: def f(x):\n    return x**2  # ü ß 漢字 🙂",
+           "<start_of_turn>user\nHi<end_of_turn>\n"]
+  for text in texts:
+    assert embedded.tokenizer(text).input_ids == ref(text).input_ids
+    assert embedded.tokenizer.decode(ref(text).input_ids) == ref.decode(ref(text).input_ids)
+  assert (embedded.tokenizer.bos_token_id, embedded.tokenizer.eos_token_id, embedded.tokenizer.pad_token_id) == (
+      ref.bos_token_id, ref.eos_token_id, ref.pad_token_id)

@@ -47,10 +47,13 @@ class _Reader:
       return self.string()
     if vtype == _ARRAY:
       item, count = self.unpack("<I"), self.unpack("<Q")
-      if not keep_arrays and item in _SCALARS:  # skip fixed-size arrays without reading them
-        self.f.seek(count * struct.calcsize(_SCALARS[item]), 1)
-        return count
-      if not keep_arrays and item == _STRING:
+      if item in _SCALARS:
+        size = count * struct.calcsize(_SCALARS[item])
+        if not keep_arrays:  # skip fixed-size arrays without reading them
+          self.f.seek(size, 1)
+          return count
+        return np.frombuffer(self.f.read(size), np.dtype(_SCALARS[item])).tolist()
+      if item == _STRING and not keep_arrays:
         for _ in range(count):
           self.f.seek(self.unpack("<Q"), 1)
         return count
@@ -58,8 +61,8 @@ class _Reader:
     raise CheckpointError(f"{self.path} has an unknown GGUF value type {vtype}")
 
 
-def read_gguf(path: str) -> tuple[dict[str, Any], list[GGUFTensor]]:
-  """Metadata (arrays replaced by their lengths) and tensor descriptors of a GGUF file."""
+def read_gguf(path: str, arrays: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[GGUFTensor]]:
+  """Metadata and tensor descriptors of a GGUF file; arrays not named in `arrays` are replaced by their lengths."""
   import gguf
 
   with open(path, "rb") as f:
@@ -72,7 +75,7 @@ def read_gguf(path: str) -> tuple[dict[str, Any], list[GGUFTensor]]:
     meta = {}
     for _ in range(n_kv):
       key = r.string()
-      meta[key] = r.value(r.unpack("<I"), keep_arrays=False)
+      meta[key] = r.value(r.unpack("<I"), keep_arrays=key in arrays)
     infos = []
     for _ in range(n_tensors):
       name = r.string()

@@ -9,6 +9,8 @@ import tempfile
 
 from absl import logging
 
+from axjax.loading.gguf_file import read_gguf
+
 # Gemma's turn format, for checkpoints (like the base 270M GGUF) that ship no chat template.
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -43,8 +45,32 @@ def folder_tokenizer(folder: str):
   return _with_chat_template(transformers.AutoTokenizer.from_pretrained(folder), folder)
 
 
+def _convert_gguf_tokenizer(path: str):
+  """Builds the tokenizer a GGUF file describes with transformers' converter.
+
+  transformers' own GGUF entry point reads the file through PyTorch; we read the fields ourselves (same key
+  mapping) and call only its torch-free converter, so the library runs without PyTorch.
+  """
+  import transformers
+  from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+  wanted = tuple(f"tokenizer.{key}" for group in GGUF_TOKENIZER_MAPPING.values() for key in group)
+  meta, _ = read_gguf(path, arrays=wanted)
+  grouped = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
+             for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+  tokens, config = grouped["tokenizer"], grouped["tokenizer_config"]
+  if tokens.get("tokenizer_type") == "llama":  # llama.cpp adds BOS to sentencepiece vocabularies by default
+    config.setdefault("add_bos_token", True)
+  for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                    ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+    token_id = meta.get(f"tokenizer.ggml.{key}")
+    config[name] = tokens["tokens"][token_id] if token_id is not None else None
+  backend, extra = convert_gguf_tokenizer(meta["general.architecture"], tokens)
+  return transformers.GemmaTokenizer(tokenizer_object=backend, **config, **extra)
+
+
 def gguf_tokenizer(path: str):
-  """The tokenizer stored in a GGUF file, converted once by transformers and then reloaded from disk."""
+  """The tokenizer stored in a GGUF file, converted once and then reloaded from the on-disk cache."""
   import transformers
 
   stat = os.stat(path)
@@ -53,7 +79,7 @@ def gguf_tokenizer(path: str):
   target = os.path.join(cache_dir(), "tokenizers", f"{os.path.basename(path)}-{key}")
   if not os.path.isdir(target):
     logging.info("Converting the tokenizer in %s (once; cached in %s)", path, target)
-    tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path) or ".", gguf_file=os.path.basename(path))
+    tok = _convert_gguf_tokenizer(path)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(target))
     tok.save_pretrained(tmp)
