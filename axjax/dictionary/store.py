@@ -1,0 +1,262 @@
+"""Concept dictionaries: the [C, d] rank-1 vectors of one trained method, saved and loaded with Orbax.
+
+Loading needs only numpy and orbax-checkpoint, never the model or training code, so a dictionary opens
+in a bare Colab. On disk a dictionary is an Orbax composite checkpoint with two items:
+`arrays` (weights [C, d], biases, max_activations, thresholds: float32) and `metadata` (JSON).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import numbers
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from axjax.errors import AxjaxError
+
+if TYPE_CHECKING:
+  from axjax.model.config import GemmaConfig
+
+FORMAT = "axjax.dictionary"  # marks the metadata item, so no other checkpoint passes for a dictionary
+FORMAT_VERSION = 1
+_ARRAYS = ("weights", "biases", "max_activations", "thresholds")
+
+
+class DictionaryError(AxjaxError):
+  """A dictionary that is malformed, missing, or does not fit the model or layer it is used with."""
+
+
+def _vector(name: str, value: Any, size: int) -> np.ndarray:
+  """`value` as a read-only float32 [size] array."""
+  array = np.array(value, dtype=np.float32)
+  if array.shape != (size,):
+    raise DictionaryError(f"{name} has shape {array.shape} but the dictionary has {size} concepts")
+  array.setflags(write=False)
+  return array
+
+
+def _or_unknown(value: Any, size: int) -> Any:
+  """`value`, or all NaN (unknown) when it is None."""
+  return np.full(size, np.nan) if value is None else value
+
+
+def _json_copy(name: str, value: Any) -> Any:
+  """A JSON round trip of `value`, so what is saved equals what is loaded (tuples become lists)."""
+  try:
+    return json.loads(json.dumps(value, allow_nan=False))
+  except (TypeError, ValueError) as e:
+    raise DictionaryError(f"{name} must be JSON-serialisable without NaN or infinity ({e})") from None
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dictionary:
+  """Rank-1 concept vectors of one method for C concepts at one layer of one model, with their metadata.
+
+  Arrays are float32 and read-only; `replace` returns a checked copy (e.g. with max_activations and
+  thresholds filled in after a detection run). NaN in max_activations or thresholds means unknown.
+  """
+
+  weights: np.ndarray  # [C, d]
+  biases: np.ndarray  # [C]
+  concept_ids: tuple[int, ...]
+  concept_names: tuple[str, ...]
+  method: str
+  model_name: str
+  layer: int
+  hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+  max_activations: np.ndarray | None = None  # [C]; None means all unknown
+  thresholds: np.ndarray | None = None  # [C]; None means all unknown
+  format_version: int = FORMAT_VERSION
+
+  def __post_init__(self):
+    weights = np.array(self.weights, dtype=np.float32)
+    if weights.ndim != 2 or weights.shape[0] == 0 or weights.shape[1] == 0:
+      raise DictionaryError(f"weights must have shape [C, d] with C, d > 0, not {weights.shape}")
+    if not np.isfinite(weights).all():
+      raise DictionaryError("weights contain NaN or infinite values")
+    weights.setflags(write=False)
+    size = weights.shape[0]
+    ids, names = tuple(self.concept_ids), tuple(self.concept_names)
+    if not all(_is_int(i) for i in ids):
+      raise DictionaryError("concept_ids must be integers")
+    ids = tuple(int(i) for i in ids)
+    if not all(isinstance(n, str) for n in names):
+      raise DictionaryError("concept_names must be strings")
+    if len(ids) != size or len(names) != size:
+      raise DictionaryError(f"weights have {size} rows but there are {len(ids)} concept ids and "
+                            f"{len(names)} concept names")
+    if len(set(ids)) != size:
+      duplicate = collections.Counter(ids).most_common(1)[0][0]
+      raise DictionaryError(f"concept ids must be unique but {duplicate} appears more than once")
+    for name in ("method", "model_name"):
+      if not isinstance(getattr(self, name), str) or not getattr(self, name):
+        raise DictionaryError(f"{name} must be a non-empty string, not {getattr(self, name)!r}")
+    if not _is_int(self.layer) or self.layer < 0:
+      raise DictionaryError(f"layer must be a non-negative integer, not {self.layer!r}")
+    if not _is_int(self.format_version) or not 1 <= self.format_version <= FORMAT_VERSION:
+      raise DictionaryError(f"format_version {self.format_version!r} is not one this axjax knows "
+                            f"(1..{FORMAT_VERSION})")
+    if not isinstance(self.hyperparameters, dict):
+      raise DictionaryError(f"hyperparameters must be a dict, not {type(self.hyperparameters).__name__}")
+    biases = _vector("biases", self.biases, size)
+    if not np.isfinite(biases).all():
+      raise DictionaryError("biases contain NaN or infinite values")
+    fields = dict(weights=weights, biases=biases, concept_ids=ids, concept_names=names, layer=int(self.layer),
+                  hyperparameters=_json_copy("hyperparameters", self.hyperparameters),
+                  max_activations=_vector("max_activations", _or_unknown(self.max_activations, size), size),
+                  thresholds=_vector("thresholds", _or_unknown(self.thresholds, size), size))
+    for name, value in fields.items():
+      object.__setattr__(self, name, value)
+
+  @property
+  def num_concepts(self) -> int:
+    return self.weights.shape[0]
+
+  @property
+  def hidden_size(self) -> int:
+    """The model width d the vectors live in."""
+    return self.weights.shape[1]
+
+  def index_of(self, concept_id: int) -> int:
+    """The row of `concept_id`."""
+    try:
+      return self.concept_ids.index(concept_id)
+    except ValueError:
+      raise DictionaryError(f"concept id {concept_id!r} is not in this dictionary") from None
+
+  def replace(self, **changes) -> Dictionary:
+    """A copy with `changes` applied and checked again."""
+    return dataclasses.replace(self, **changes)
+
+  def select(self, concept_ids: Iterable[int]) -> Dictionary:
+    """The sub-dictionary of `concept_ids`, rows in the order given."""
+    concept_ids = list(concept_ids)
+    rows = {cid: row for row, cid in enumerate(self.concept_ids)}
+    missing = [cid for cid in concept_ids if cid not in rows]
+    if missing:
+      raise DictionaryError(f"concept id {missing[0]!r} is not in this dictionary")
+    index = np.array([rows[cid] for cid in concept_ids], dtype=np.int64)
+    return self.replace(weights=self.weights[index], biases=self.biases[index],
+                        concept_ids=tuple(self.concept_ids[i] for i in index),
+                        concept_names=tuple(self.concept_names[i] for i in index),
+                        max_activations=self.max_activations[index], thresholds=self.thresholds[index])
+
+
+def _check_fit(where: str, width: int, trained_layer: int, trained_model: str, *, hidden_size: int | None,
+               layer: int | None, model_name: str | None) -> None:
+  """Raises if a dictionary of `width` trained at `trained_layer` of `trained_model` does not fit."""
+  if hidden_size is not None and hidden_size != width:
+    raise DictionaryError(f"{where} has width {width} but the model's hidden size is {hidden_size}")
+  if layer is not None and layer != trained_layer:
+    raise DictionaryError(f"{where} was trained for layer {trained_layer}, not layer {layer}")
+  if model_name is not None and model_name != trained_model:
+    raise DictionaryError(f"{where} was trained on model {trained_model!r}, not {model_name!r}")
+
+
+def check_compatible(dictionary: Dictionary, config: GemmaConfig, layer: int) -> None:
+  """Raises unless `dictionary` fits a model of `config` intervened on at `layer`."""
+  _check_fit("the dictionary", dictionary.hidden_size, dictionary.layer, dictionary.model_name,
+             hidden_size=config.hidden_size, layer=layer, model_name=None)
+  config.check_layer(layer)
+
+
+def _checkpointer() -> ocp.Checkpointer:
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def _metadata(dictionary: Dictionary) -> dict[str, Any]:
+  return {"format": FORMAT, "format_version": dictionary.format_version, "method": dictionary.method,
+          "model_name": dictionary.model_name, "layer": dictionary.layer,
+          "hidden_size": dictionary.hidden_size, "num_concepts": dictionary.num_concepts,
+          "concept_ids": list(dictionary.concept_ids), "concept_names": list(dictionary.concept_names),
+          "hyperparameters": dictionary.hyperparameters}
+
+
+def _raw_metadata(path: str) -> dict[str, Any] | None:
+  """The metadata item at `path`, or None if `path` holds no axjax dictionary."""
+  try:
+    meta = _checkpointer().restore(path, ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+  except Exception:  # orbax raises many types for a folder that is not its checkpoint
+    return None
+  return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def _read_metadata(path: str) -> dict[str, Any]:
+  """The metadata item of the dictionary at `path`, checked for format and version."""
+  if not os.path.exists(path):
+    raise DictionaryError(f"no dictionary at {path}: the path does not exist")
+  meta = _raw_metadata(path)
+  if meta is None:
+    raise DictionaryError(f"{path} is not an axjax dictionary (it has no dictionary metadata)")
+  if meta.get("format_version", 0) > FORMAT_VERSION:
+    raise DictionaryError(f"dictionary {path} has format version {meta['format_version']}, newer than the "
+                          f"version {FORMAT_VERSION} this axjax reads: upgrade axjax")
+  return meta
+
+
+def save_dictionary(path: str | os.PathLike, dictionary: Dictionary, overwrite: bool = False) -> None:
+  """Writes `dictionary` to the folder `path` atomically: a failed save leaves `path` as it was.
+
+  Orbax writes into a hidden staging folder beside `path` (itself via a tmp dir and a rename); the
+  finished checkpoint then replaces `path` by rename only, so `path` never holds a partial dictionary.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if os.path.lexists(path):
+    if not overwrite:
+      raise DictionaryError(f"{path} already exists: pass overwrite=True to replace it")
+    if _raw_metadata(path) is None:  # never replace (and so delete) anything but a dictionary
+      raise DictionaryError(f"{path} exists and is not an axjax dictionary: refusing to replace it")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".axjax-tmp", dir=parent)
+  try:
+    new, old = os.path.join(staging, "new"), os.path.join(staging, "old")
+    arrays = {name: np.asarray(getattr(dictionary, name)) for name in _ARRAYS}
+    _checkpointer().save(new, ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+                                                 metadata=ocp.args.JsonSave(_metadata(dictionary))))
+    _commit(new, path, old)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(new: str, path: str, old: str) -> None:
+  """Moves the finished checkpoint `new` to `path`, parking a previous dictionary at `old` until it is in."""
+  if not os.path.lexists(path):
+    os.rename(new, path)
+    return
+  os.rename(path, old)
+  try:
+    os.rename(new, path)
+  except BaseException:
+    os.rename(old, path)
+    raise
+
+
+def load_dictionary(path: str | os.PathLike, *, hidden_size: int | None = None, layer: int | None = None,
+                    model_name: str | None = None) -> Dictionary:
+  """Reads the dictionary saved at `path`; if given, checks it fits `hidden_size`, `layer` and `model_name`.
+
+  Needs only numpy and orbax-checkpoint: no model or training code runs.
+  """
+  path = os.path.abspath(os.fspath(path))
+  meta = _read_metadata(path)
+  _check_fit(f"dictionary {path}", meta["hidden_size"], meta["layer"], meta["model_name"],
+             hidden_size=hidden_size, layer=layer, model_name=model_name)
+  arrays = _checkpointer().restore(path, ocp.args.Composite(arrays=ocp.args.StandardRestore()))["arrays"]
+  if set(arrays) != set(_ARRAYS) or np.shape(arrays["weights"]) != (meta["num_concepts"], meta["hidden_size"]):
+    raise DictionaryError(f"dictionary {path} is corrupt: its arrays do not match its metadata")
+  return Dictionary(concept_ids=tuple(meta["concept_ids"]), concept_names=tuple(meta["concept_names"]),
+                    method=meta["method"], model_name=meta["model_name"], layer=meta["layer"],
+                    hyperparameters=meta["hyperparameters"], format_version=meta["format_version"],
+                    **{name: np.asarray(arrays[name]) for name in _ARRAYS})
