@@ -1,0 +1,85 @@
+"""Joint training over concepts is exact, and the cached-activation objectives equal full-model computations."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import axjax
+from axjax.methods.activations import layer_activations
+from axjax.methods.joint_training import OptimConfig, train_jointly
+from axjax.methods.objectives import UpperModel, probe_loss, reft_r1_loss, ssv_loss
+
+LAYER, U, T, P, C, B = 2, 12, 14, 6, 3, 2
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_gemma3):
+  """Right-padded examples: a prompt, then output tokens whose next-token loss counts."""
+  lm = axjax.load(tiny_gemma3[1])
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(9, T + 1, U)
+  tokens = rng.integers(0, 128, (U, T)).astype(np.int32)
+  mask = np.arange(T)[None] < lengths[:, None]
+  tokens[~mask] = 0
+  loss_positions = (lengths[:, None] - 1 - P + np.arange(P)[None]).astype(np.int32)  # predict the last P tokens
+  examples = {
+      "tokens": tokens, "mask": mask, "acts": layer_activations(lm.params, lm.config, tokens, mask, LAYER),
+      "position_mask": (mask & (np.arange(T)[None] >= 1)).astype(np.float32),
+      "loss_positions": loss_positions, "loss_valid": np.ones((U, P), np.float32),
+      "label": (np.arange(U) % 2).astype(np.int32),
+  }
+  return lm, {k: jnp.asarray(v) for k, v in examples.items()}
+
+
+def schedule(concepts, epochs=2, seed=0):
+  """Each concept's own shuffled order of its rows (concept c owns rows 4c..4c+3)."""
+  steps = []
+  for epoch in range(epochs):
+    orders = [np.random.default_rng([seed, c, epoch]).permutation(4) + 4 * c for c in concepts]
+    for s in range(0, 4, B):
+      steps.append((np.stack([o[s:s + B] for o in orders]), np.ones((len(concepts), B))))
+  return steps
+
+
+@pytest.mark.parametrize("method", ["reft_r1", "ssv", "probe"])
+def test_joint_equals_one_concept_at_a_time(setup, method):
+  lm, examples = setup
+  upper = UpperModel(lm.config, LAYER)
+  loss = {"reft_r1": functools.partial(reft_r1_loss, upper=upper, topk=3, coeff_l1=0.05),
+          "ssv": functools.partial(ssv_loss, upper=upper),
+          "probe": probe_loss}[method]
+  cfg = OptimConfig(lr=0.01, total_steps=4, clip_norm=1.0 if method == "reft_r1" else None,
+                    unit_norm_key=None if method == "ssv" else "w")
+  init = {"w": jnp.full((C, lm.config.hidden_size), 0.01)}
+  joint = train_jointly(cfg, loss, init, examples, schedule(range(C)), frozen=lm.params)["w"]
+  for c in range(C):
+    alone = train_jointly(cfg, loss, {"w": init["w"][c:c + 1]}, examples, schedule([c]), frozen=lm.params)["w"]
+    np.testing.assert_allclose(np.asarray(joint[c]), np.asarray(alone[0]), rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(joint) - 0.01).max() > 1e-3  # training moved the parameters
+
+
+def test_reft_r1_loss_equals_full_forward_with_the_intervention(setup):
+  """Independent path: tokens through the whole model with an Intervention, full logits and log-softmax."""
+  lm, examples = setup
+  rows = jnp.arange(4)
+  batch = {k: v[rows] for k, v in examples.items()}
+  batch["weight"] = jnp.ones(4)
+  w = jax.random.normal(jax.random.key(0), (lm.config.hidden_size,)) * 0.3
+  got = reft_r1_loss({"w": w}, batch, 0.0, lm.params, upper=UpperModel(lm.config, LAYER), topk=3, coeff_l1=0.0)
+
+  def apply(p, h, ctx):
+    latent = jax.nn.relu(h @ p)
+    top = jax.lax.top_k(jnp.where(ctx.mask, latent, -1.0), 3)[0]
+    return h + jnp.where(ctx.mask[..., None], jnp.mean(jnp.maximum(top, 0), -1)[:, None, None] * p, 0.0)
+
+  out = axjax.forward(lm.params, lm.config, batch["tokens"], batch["mask"],
+                      intervention=axjax.Intervention(LAYER, apply), intervention_params=w,
+                      intervention_mask=batch["position_mask"] > 0)
+  logp = jax.nn.log_softmax(out.logits, axis=-1)
+  pos = np.asarray(batch["loss_positions"])
+  targets = np.take_along_axis(np.asarray(batch["tokens"]), pos + 1, axis=1)
+  want = -np.mean(np.take_along_axis(np.take_along_axis(np.asarray(logp), pos[..., None], 1), targets[..., None], 2))
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
