@@ -46,7 +46,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("suite", list(SUITES), f"Benchmarks to run, a comma list of: {', '.join(SUITES)}.")
 flags.DEFINE_string("model", axjax.EMBEDDED_MODEL,
                     "Model for forward/decode: an `axjax.load` source (the embedded gemma-3-270m, a .gguf file "
-                    f"transformers can also read) or '{RANDOM_PREFIX}<preset>' for random weights of an "
+                    f"or an HF checkpoint folder) or '{RANDOM_PREFIX}<preset>' for random weights of an "
                     "axjax.PRESETS shape.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter dtype on both sides.")
 flags.DEFINE_integer("forward_batch", 4, "Rows of the forward batch.")
@@ -59,12 +59,14 @@ flags.DEFINE_integer("new_tokens", 32, "Tokens generated per row (both sides gen
 flags.DEFINE_integer("prompt_length", 32, "Width of the left-padded prompts; rows hold between half of it and "
                      "all of it.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per implementation, after one warm-up run each.")
-flags.DEFINE_string("checkpoint_preset", "gemma-2-2b", "axjax.PRESETS shape of the load_memory checkpoint.")
+flags.DEFINE_enum("checkpoint_preset", "gemma-2-2b", list(axjax.PRESETS), "Shape of the load_memory checkpoint.")
 flags.DEFINE_string("scratch_dir", "/tmp/axjax_bench", "Where the load_memory checkpoint is written (once).")
 flags.DEFINE_string("output", "bench_out/bench_model.json", "JSON file the results are written to.")
 flags.DEFINE_integer("seed", 0, "Seed of the token ids and random weights.")
 flags.register_validator("suite", lambda names: set(names) <= set(SUITES),
                          f"--suite takes a comma list of: {', '.join(SUITES)}")
+flags.register_validator("model", lambda m: not m.startswith(RANDOM_PREFIX) or m[len(RANDOM_PREFIX):] in axjax.PRESETS,
+                         f"--model={RANDOM_PREFIX}<preset> takes one of: {', '.join(axjax.PRESETS)}")
 flags.register_validator("decode_batch_sizes", lambda sizes: all(s.isdigit() and int(s) > 0 for s in sizes),
                          "--decode_batch_sizes takes a comma list of positive integers")
 
@@ -112,9 +114,12 @@ def load_pair(model: str, dtype: str) -> Pair:
       reference = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
     return Pair(config, params, reference.eval(), device, same_weights=False)
   lm = axjax.load(model, dtype=dtype)
-  path = lm.source
-  reference = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch_dtype).to(device)
+  if os.path.isdir(lm.source):
+    reference = transformers.AutoModelForCausalLM.from_pretrained(lm.source, dtype=torch_dtype)
+  else:
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(lm.source), gguf_file=os.path.basename(lm.source), dtype=torch_dtype)
+  reference = reference.to(device)
   return Pair(lm.config, lm.params, reference.eval(), device, same_weights=True)
 
 
@@ -217,8 +222,16 @@ def bench_decode_one(pair: Pair, batch: int, reference_batch: int) -> dict[str, 
             "ratio": axjax_tps / reference_tps}
   if pair.same_weights:
     rows = min(batch, reference_batch)
-    result["greedy_token_agreement"] = float(np.mean(outputs["axjax"][:rows] == outputs["transformers"][:rows]))
+    eos_ids = np.atleast_1d(pair.reference.generation_config.eos_token_id or [])
+    result["greedy_token_agreement"] = greedy_agreement(outputs["axjax"][:rows], outputs["transformers"][:rows],
+                                                        eos_ids)
   return result
+
+
+def greedy_agreement(ours: np.ndarray, theirs: np.ndarray, eos_ids: np.ndarray) -> float:
+  """Fraction of equal tokens before each row's first EOS from axjax (`min_new_tokens` bans EOS in transformers)."""
+  before_eos = np.cumsum(np.isin(ours, eos_ids), axis=1) == 0
+  return float(np.mean((ours == theirs)[before_eos]))
 
 
 def bench_decode(pair: Pair) -> list[dict[str, Any]]:
@@ -263,7 +276,9 @@ def print_table(results: dict[str, Any]) -> None:
     rows.append((f"forward {r['batch']}x{r['length']}", f"{r['axjax_tokens_per_s']:.1f}",
                  f"{r['transformers_tokens_per_s']:.1f}", f"{r['ratio']:.2f}x"))
   for r in results.get("decode", []):
-    agreement = f" (greedy agreement {r['greedy_token_agreement']:.0%})" if "greedy_token_agreement" in r else ""
+    agreement = ""
+    if "greedy_token_agreement" in r:
+      agreement = f" (greedy agreement before EOS {r['greedy_token_agreement']:.0%})"
     rows.append((f"decode axjax b{r['batch']} vs transformers b{r['reference_batch']}",
                  f"{r['axjax_tokens_per_s']:.1f}", f"{r['transformers_tokens_per_s']:.1f}",
                  f"{r['ratio']:.2f}x{agreement}"))

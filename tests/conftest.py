@@ -81,3 +81,21 @@ def padded_batch(rng: np.random.Generator, vocab: int, lengths, width: int):
   for i, n in enumerate(lengths):
     mask[i, width - n:] = True
   return ids, mask
+
+
+@pytest.fixture(scope="session")
+def tiny_with_tokenizer(tmp_path_factory):
+  """A tiny random Gemma 3 with the real 262k vocabulary and the embedded model's tokenizer: fast CLI runs."""
+  from axjax.loading.load import embedded_gguf_path
+  from axjax.loading.tokenizer import gguf_tokenizer
+
+  tokenizer = gguf_tokenizer(embedded_gguf_path())
+  config = tiny_hf_config("gemma3").to_dict()
+  config.update(vocab_size=len(tokenizer), num_hidden_layers=4, sliding_window=512)
+  config.pop("layer_types", None)
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(transformers.Gemma3TextConfig(**config))
+  folder = tmp_path_factory.mktemp("tiny_tokenizer")
+  model.save_pretrained(folder)
+  tokenizer.save_pretrained(folder)
+  return str(folder)

@@ -65,3 +65,17 @@ def test_random_directions_are_unit_and_seeded():
   np.testing.assert_array_equal(a, b)
   np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-6)
   assert np.abs(a - closed_form.random_directions(4, D, seed=2)).max() > 0
+
+
+def test_layer_activations_equal_the_forward_pass(tiny_gemma3):
+  """Length-sorted, width-trimmed batches give the same residual stream as one full forward."""
+  import axjax
+  from axjax.methods.activations import layer_activations
+  lm = axjax.load(tiny_gemma3[1])
+  rng = np.random.default_rng(0)
+  lengths = np.array([3, 17, 9, 30, 1, 12, 25])
+  mask = np.arange(32)[None] < lengths[:, None]
+  tokens = np.where(mask, rng.integers(0, 128, mask.shape), 0).astype(np.int32)
+  got = layer_activations(lm.params, lm.config, tokens, mask, layer=2, batch_size=3, width_multiple=8)
+  want = np.asarray(axjax.forward(lm.params, lm.config, tokens, mask, stop_after_layer=2).hidden)
+  np.testing.assert_allclose(got[mask], want[mask], rtol=1e-5, atol=1e-5)

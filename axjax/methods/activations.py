@@ -21,22 +21,26 @@ def _residual(params, config: GemmaConfig, tokens, mask, layer: int):
 
 
 def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, layer: int,
-                      batch_size: int = 16, progress=None) -> np.ndarray:
+                      batch_size: int = 16, width_multiple: int = 64, progress=None) -> np.ndarray:
   """Residual stream after `layer` for tokens [N, T] (right-padded; mask [N, T]) as float32 [N, T, d].
 
-  Batches have a fixed shape (the last one is padded with copies) so one compilation serves the whole pass.
+  Rows run in order of length, each batch only as wide as its longest row (rounded up to `width_multiple`),
+  so padding costs little and a handful of shapes compile. Positions past a row's width are zero.
   `progress`, if given, is called with the number of rows done after each batch.
   """
   config.check_layer(layer)
   chex.assert_rank([tokens, mask], 2)
   chex.assert_equal_shape([tokens, mask])
   n, t = tokens.shape
-  out = np.empty((n, t, config.hidden_size), np.float32)
+  lengths = mask.sum(axis=1)
+  order = np.argsort(lengths, kind="stable")
+  out = np.zeros((n, t, config.hidden_size), np.float32)
   for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    rows = np.arange(start, start + batch_size).clip(max=n - 1)
-    acts = _residual(params, config, jnp.asarray(tokens[rows]), jnp.asarray(mask[rows]), layer)
-    out[start:stop] = np.asarray(acts)[:stop - start]
+    rows = order[np.arange(start, start + batch_size).clip(max=n - 1)]  # last batch padded with copies
+    width = min(t, -(-max(int(lengths[rows].max()), 1) // width_multiple) * width_multiple)
+    acts = _residual(params, config, jnp.asarray(tokens[rows, :width]), jnp.asarray(mask[rows, :width]), layer)
+    real = min(batch_size, n - start)
+    out[rows[:real], :width] = np.asarray(acts)[:real]
     if progress is not None:
-      progress(stop)
+      progress(start + real)
   return out

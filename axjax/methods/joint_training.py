@@ -43,6 +43,7 @@ def init_state(cfg: OptimConfig, params: PyTree) -> PyTree:
 
 
 def _concept_update(cfg: OptimConfig, loss_fn: LossFn, frozen, params, opt_state, batch, progress):
+  original = params
   loss, grads = jax.value_and_grad(loss_fn)(params, batch, progress, frozen)
   if cfg.clip_norm is not None:
     norm = optax.tree.norm(grads)
@@ -53,8 +54,12 @@ def _concept_update(cfg: OptimConfig, loss_fn: LossFn, frozen, params, opt_state
     g = grads[cfg.unit_norm_key]
     params = {**params, cfg.unit_norm_key: w}
     grads = {**grads, cfg.unit_norm_key: g - jnp.dot(g, w) * w}
-  updates, opt_state = _optimizer(cfg).update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, loss
+  updates, new_state = _optimizer(cfg).update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  # A concept with fewer examples than the others has filler steps (all weights 0): leave it untouched there.
+  active = jnp.sum(batch["weight"]) > 0
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
+  return keep(new_params, original), keep(new_state, opt_state), loss
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))

@@ -1,0 +1,150 @@
+"""Trains one method for every concept of a dataset and returns its dictionary.
+
+The frozen model runs once up to layer L over each set of unique example texts (`ActivationCache`); every
+method and epoch reuses those activations. Gradient-trained methods train all concepts in one compiled step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from axjax.data import batching, examples as data_examples
+from axjax.data.axbench_format import AxbenchData
+from axjax.dictionary import Dictionary
+from axjax.loading.load import LoadedModel
+from axjax.methods import closed_form, objectives
+from axjax.methods.activations import layer_activations
+from axjax.methods.joint_training import OptimConfig, train_jointly
+from axjax.methods.registry import MethodSpec, hyperparameters, method
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+_CONCEPT_CHUNK = 4  # concepts whose gathered token activations are held at once by closed-form methods
+
+
+@dataclasses.dataclass
+class ActivationCache:
+  """Layer-L activations of each example set, computed on first use and kept for the other methods."""
+
+  model: LoadedModel
+  data: AxbenchData
+  layer: int
+  progress: Progress | None = None
+  _sets: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def examples(self, kind: str):
+    """'binarized', 'lm_all' (positives and negatives), 'lm_positive' or 'eval' examples, tokenised once."""
+    if kind not in self._sets:
+      tok = self.model.tokenizer
+      build = {
+          "binarized": lambda: data_examples.binarized_examples(self.data, tok),
+          "lm_all": lambda: data_examples.lm_examples(self.data, tok, train_on_negative=True, positions="all"),
+          "lm_positive": lambda: data_examples.lm_examples(self.data, tok, positions="all"),
+          "eval": lambda: data_examples.latent_eval_examples(self.data, tok),
+      }[kind]
+      ex = build()
+      report = None
+      if self.progress is not None:
+        report = functools.partial(self.progress, f"activations ({kind})", total=len(ex.tokens))
+      acts = layer_activations(self.model.params, self.model.config, ex.tokens, ex.attention_mask, self.layer,
+                               progress=report)
+      self._sets[kind] = (ex, acts)
+    return self._sets[kind]
+
+
+def _closed_form(name: str, ex, acts: np.ndarray, seed: int) -> np.ndarray:
+  """DiffMean/PCA/LAT directions [C, d], a few concepts at a time to bound memory."""
+  out = []
+  for start in range(0, len(ex.concept_ids), _CONCEPT_CHUNK):
+    index = ex.index[start:start + _CONCEPT_CHUNK]
+    c, n = index.shape
+    a = acts[index].reshape(c, -1, acts.shape[-1])
+    valid = (ex.score_mask[index] & ex.row_valid[start:start + c, :, None]).reshape(c, -1)
+    labels = np.broadcast_to(ex.labels[start:start + c, :, None], (c, n, acts.shape[1])).reshape(c, -1)
+    if name == "LAT":
+      out.append(closed_form.lat(a, valid, labels, jax.random.fold_in(jax.random.key(seed), start)))
+    else:
+      out.append({"DiffMean": closed_form.diffmean, "PCA": closed_form.pca}[name](a, valid, labels))
+  return np.concatenate([np.asarray(w) for w in out])
+
+
+def _row_labels(ex) -> np.ndarray:
+  """Label of each shared row: 1 if it is some concept's positive (positives belong to one concept)."""
+  labels = np.zeros(len(ex.tokens), np.int32)
+  labels[ex.index[ex.labels == 1]] = 1
+  return labels
+
+
+def _loss_positions(loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Positions t-1 whose logits predict an output token t, packed to [U, P] with a validity mask."""
+  targets = [np.nonzero(row)[0] - 1 for row in loss_mask]
+  width = max(1, max(len(t) for t in targets))
+  positions = np.zeros((len(targets), width), np.int32)
+  valid = np.zeros((len(targets), width), np.float32)
+  for r, t in enumerate(targets):
+    positions[r, :len(t)], valid[r, :len(t)] = t, 1.0
+  return positions, valid
+
+
+def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: int,
+           progress: Progress | None) -> tuple[Any, np.ndarray]:
+  """Trains a gradient-based method for all concepts jointly; returns its examples and weights [C, d]."""
+  config = cache.model.config
+  if spec.name == "LinearProbe":
+    ex, acts = cache.examples("binarized")
+    arrays = {"acts": acts, "position_mask": ex.probe_mask.astype(np.float32), "label": _row_labels(ex)}
+    loss = functools.partial(objectives.probe_loss, coeff_l1=hp["coeff_l1_loss"])
+    bound = 1.0 / np.sqrt(config.hidden_size)  # torch.nn.Linear's default initialisation
+    init = jax.random.uniform(jax.random.key(seed), (len(ex.concept_ids), config.hidden_size), jnp.float32,
+                              -bound, bound)
+    optim = dict(unit_norm_key="w")
+  else:
+    ex, acts = cache.examples("lm_all" if spec.name == "ReFT-r1" else "lm_positive")
+    positions, valid = _loss_positions(ex.loss_mask)
+    arrays = {"acts": acts, "mask": ex.attention_mask, "tokens": ex.tokens,
+              "position_mask": ex.intervention_mask.astype(np.float32), "loss_positions": positions,
+              "loss_valid": valid}
+    upper = objectives.UpperModel(config, cache.layer)
+    if spec.name == "ReFT-r1":
+      loss = functools.partial(objectives.reft_r1_loss, upper=upper, topk=hp["topk"],
+                               coeff_l1=hp["coeff_latent_l1_loss"])
+      optim = dict(clip_norm=1.0, unit_norm_key="w")
+    else:
+      loss = functools.partial(objectives.ssv_loss, upper=upper)
+      optim = {}
+    init = jnp.full((len(ex.concept_ids), config.hidden_size), 0.01, jnp.float32)  # AxBench's fill_(0.01)
+  steps = hp["n_epochs"] * batching.steps_per_epoch(ex.row_valid, hp["batch_size"])
+  cfg = OptimConfig(lr=hp["lr"], total_steps=steps, weight_decay=hp["weight_decay"], **optim)
+  batches = ((ex.shared_rows(b.positions), b.weight)
+             for b in batching.minibatches(ex.row_valid, hp["batch_size"], hp["n_epochs"], seed, ex.concept_ids))
+  report = None if progress is None else (lambda step, _: progress(f"train {spec.name}", step + 1, steps))
+  trained = train_jointly(cfg, loss, {"w": init}, {k: jnp.asarray(v) for k, v in arrays.items()}, batches,
+                          frozen=cache.model.params, progress=report)
+  return ex, np.asarray(trained["w"])
+
+
+def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] | None = None, seed: int = 0,
+               progress: Progress | None = None) -> Dictionary:
+  """The dictionary of method `name` for every concept of `cache.data` at `cache.layer`."""
+  spec = method(name)
+  config = cache.model.config
+  hp = hyperparameters(spec, config, overrides)
+  concepts = cache.data.concepts
+  biases = np.zeros(len(concepts), np.float32)
+  if spec.name == "Random":
+    weights = closed_form.random_directions(len(concepts), config.hidden_size, seed)
+    bound = 1.0 / np.sqrt(config.hidden_size)  # AxBench keeps torch.nn.Linear's random bias
+    biases = np.random.default_rng(seed).uniform(-bound, bound, len(concepts)).astype(np.float32)
+  elif spec.trained:
+    _, weights = _train(spec, hp, cache, seed, progress)
+  else:
+    ex, acts = cache.examples("binarized")
+    weights = _closed_form(spec.name, ex, acts, seed)
+  return Dictionary(weights=weights, biases=biases, concept_ids=tuple(c.concept_id for c in concepts),
+                    concept_names=tuple(c.name for c in concepts), method=spec.name, model_name=cache.model.name,
+                    layer=cache.layer, hyperparameters={**hp, "seed": seed})

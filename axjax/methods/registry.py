@@ -1,0 +1,59 @@
+"""The rank-1 methods axjax trains, with AxBench's hyperparameters and detection score for each."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from axjax.errors import AxjaxError
+from axjax.model.config import GemmaConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  """What a method is: how it is trained and how its direction scores a token."""
+
+  name: str
+  trained: bool  # gradient-trained (jointly over concepts) rather than computed in closed form
+  relu_score: bool  # detection score ReLU(h . w) (ReFT-r1, SSV) instead of h . w + b
+  small: dict[str, Any]  # AxBench's hyperparameters for Gemma-2-2B-class models
+  large: dict[str, Any]  # ... and for Gemma-2-9B-class models (where AxBench's 9B sweeps differ)
+
+
+_CLOSED = {"batch_size": 6, "n_epochs": 1}
+METHODS: dict[str, MethodSpec] = {m.name: m for m in [
+    MethodSpec("DiffMean", False, False, _CLOSED, _CLOSED),
+    MethodSpec("PCA", False, False, _CLOSED, _CLOSED),
+    MethodSpec("LAT", False, False, _CLOSED, _CLOSED),
+    MethodSpec("Random", False, False, {}, {}),
+    MethodSpec("LinearProbe", True, False,
+               {"batch_size": 12, "n_epochs": 24, "lr": 5e-3, "weight_decay": 1e-3, "coeff_l1_loss": 0.0},
+               {"batch_size": 12, "n_epochs": 24, "lr": 1e-3, "weight_decay": 1e-4, "coeff_l1_loss": 0.0}),
+    MethodSpec("ReFT-r1", True, True,
+               {"batch_size": 6, "n_epochs": 3, "lr": 1e-2, "weight_decay": 0.0, "topk": 8,
+                "coeff_latent_l1_loss": 5e-3},
+               {"batch_size": 6, "n_epochs": 3, "lr": 5e-3, "weight_decay": 0.0, "topk": 8,
+                "coeff_latent_l1_loss": 5e-3}),
+    MethodSpec("SSV", True, True,
+               {"batch_size": 6, "n_epochs": 3, "lr": 1e-2, "weight_decay": 0.0},
+               {"batch_size": 6, "n_epochs": 3, "lr": 1e-2, "weight_decay": 0.0}),
+]}
+ALIASES = {"LsReFT": "ReFT-r1", "ReFT_r1": "ReFT-r1", "Probe": "LinearProbe", "SteeringVector": "SSV"}
+
+
+def method(name: str) -> MethodSpec:
+  """The spec of a method by its name (AxBench's class names are accepted too)."""
+  spec = METHODS.get(ALIASES.get(name, name))
+  if spec is None:
+    raise AxjaxError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+  return spec
+
+
+def hyperparameters(spec: MethodSpec, config: GemmaConfig, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+  """AxBench's defaults for the model's size class (9B values from width 3584 up), then the overrides."""
+  values = dict(spec.large if config.hidden_size >= 3584 else spec.small)
+  for key, value in (overrides or {}).items():
+    if key not in values:
+      raise AxjaxError(f"{spec.name} has no hyperparameter {key!r} (it has {', '.join(values) or 'none'})")
+    values[key] = type(values[key])(value)
+  return values
