@@ -11,9 +11,7 @@ skips methods already finished; a different model, data, layer or seed in the sa
 from __future__ import annotations
 
 import os
-import sys
-
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm.auto import tqdm
 
 import axjax
@@ -24,6 +22,7 @@ from axjax.errors import AxjaxError
 from axjax.methods import registry
 from axjax.methods.detection import evaluate_detection
 from axjax.methods.fit import ActivationCache, fit_method
+from experiments import cli
 
 _MODEL = flags.DEFINE_string("model", axjax.EMBEDDED_MODEL, "HF checkpoint folder, .gguf file or 'gemma-3-270m'.")
 _DATA = flags.DEFINE_string("data", "concept10/prod_2b_l20_v1",
@@ -125,14 +124,5 @@ def main(argv):
   print(f"\nAUROC ({model.name}, {_DATA.value}, layer {_LAYER.value}); results in {output}\n\n{table}")
 
 
-def run():
-  """Entry point: bad input ends with one clear sentence instead of a traceback."""
-  try:
-    app.run(main)
-  except AxjaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  run()
+  cli.run(main)

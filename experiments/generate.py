@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 import numpy as np
 
@@ -15,6 +13,7 @@ import axjax
 from axjax.errors import AxjaxError
 from axjax.generation.sampling import SamplingConfig
 from axjax.generation.text import generate_text
+from experiments import cli
 
 _MODEL = flags.DEFINE_string("model", axjax.EMBEDDED_MODEL,
                              "An HF checkpoint folder, a .gguf file, or 'gemma-3-270m' (embedded default).")
@@ -63,14 +62,5 @@ def main(argv):
     print(f"\n>>> {prompt}\n{prompt}{text}")
 
 
-def run():
-  """Entry point: bad input ends with one clear sentence instead of a traceback."""
-  try:
-    app.run(main)
-  except AxjaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  run()
+  cli.run(main)

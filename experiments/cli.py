@@ -1,0 +1,19 @@
+"""What every axjax entry point shares: absl flags, and bad input ending in one `error:` line, exit status 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import app
+
+from axjax.errors import AxjaxError
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """Runs an absl `main`; an AxjaxError becomes one sentence on stderr instead of a traceback."""
+  try:
+    app.run(main)
+  except AxjaxError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
