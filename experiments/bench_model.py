@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import flags
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -38,6 +38,7 @@ from axjax.benchmarks import load_memory  # noqa: E402
 from axjax.generation.decode import generate_tokens  # noqa: E402
 from axjax.generation.sampling import SamplingConfig  # noqa: E402
 from axjax.loading.load import DTYPES  # noqa: E402
+from experiments import cli  # noqa: E402
 
 SUITES = ("forward", "decode", "load_memory")
 RANDOM_PREFIX = "random:"
@@ -186,7 +187,7 @@ def bench_forward(pair: Pair) -> dict[str, Any]:
   return {"batch": b, "length": t, "axjax_seconds": seconds["axjax"],
           "transformers_seconds": seconds["transformers"], "axjax_tokens_per_s": tokens / seconds["axjax"],
           "transformers_tokens_per_s": tokens / seconds["transformers"],
-          "ratio": seconds["transformers"] / seconds["axjax"]}
+          "ratio": seconds["transformers"] / seconds["axjax"], "load_average_1m": os.getloadavg()[0]}
 
 
 def bench_decode_one(pair: Pair, batch: int, reference_batch: int) -> dict[str, Any]:
@@ -219,7 +220,7 @@ def bench_decode_one(pair: Pair, batch: int, reference_batch: int) -> dict[str, 
   result = {"batch": batch, "reference_batch": reference_batch, "new_tokens": new, "prompt_length": width,
             "axjax_seconds": seconds["axjax"], "transformers_seconds": seconds["transformers"],
             "axjax_tokens_per_s": axjax_tps, "transformers_tokens_per_s": reference_tps,
-            "ratio": axjax_tps / reference_tps}
+            "ratio": axjax_tps / reference_tps, "load_average_1m": os.getloadavg()[0]}
   if pair.same_weights:
     rows = min(batch, reference_batch)
     eos_ids = np.atleast_1d(pair.reference.generation_config.eos_token_id or [])
@@ -317,4 +318,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
