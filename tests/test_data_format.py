@@ -140,34 +140,22 @@ def test_no_train_data(folder):
   assert _error(folder) == f"{folder / 'generate'} has no train_data*.parquet file"
 
 
-def test_missing_column(folder):
-  path = folder / "generate" / "train_data.parquet"
-  pd.read_parquet(path).drop(columns="concept_genre").to_parquet(path)
-  assert _error(folder) == f"{path} lacks the column 'concept_genre' that AxBench's train_data needs"
+_TRAIN, _EVAL = ("generate", "train_data.parquet"), ("inference", "latent_eval_data.parquet")
 
 
-def test_missing_eval_column(folder):
-  path = folder / "inference" / "latent_eval_data.parquet"
-  pd.read_parquet(path).drop(columns="category").to_parquet(path)
-  assert _error(folder) == f"{path} lacks the column 'category' that AxBench's latent_eval_data needs"
-
-
-def test_empty_file(folder):
-  path = folder / "generate" / "train_data.parquet"
-  path.write_bytes(b"")
-  assert _error(folder) == f"{path} is empty"
-
-
-def test_no_rows(folder):
-  path = folder / "inference" / "latent_eval_data.parquet"
-  pd.read_parquet(path).head(0).to_parquet(path)
-  assert _error(folder) == f"{path} has no rows"
-
-
-def test_unreadable_parquet(folder):
-  path = folder / "generate" / "train_data.parquet"
-  path.write_bytes(b"PAR1 this is not parquet")
-  assert _error(folder) == f"{path} is not a readable parquet file"
+@pytest.mark.parametrize("where, corrupt, message", [
+    (_TRAIN, lambda p: pd.read_parquet(p).drop(columns="concept_genre").to_parquet(p),
+     "{path} lacks the column 'concept_genre' that AxBench's train_data needs"),
+    (_EVAL, lambda p: pd.read_parquet(p).drop(columns="category").to_parquet(p),
+     "{path} lacks the column 'category' that AxBench's latent_eval_data needs"),
+    (_TRAIN, lambda p: p.write_bytes(b""), "{path} is empty"),
+    (_EVAL, lambda p: pd.read_parquet(p).head(0).to_parquet(p), "{path} has no rows"),
+    (_TRAIN, lambda p: p.write_bytes(b"PAR1 this is not parquet"), "{path} is not a readable parquet file"),
+], ids=["missing column", "missing eval column", "empty file", "no rows", "unreadable parquet"])
+def test_malformed_parquet(folder, where, corrupt, message):
+  path = folder.joinpath(*where)
+  corrupt(path)
+  assert _error(folder) == message.format(path=path)
 
 
 def test_missing_text(folder):
