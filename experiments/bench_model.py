@@ -6,6 +6,8 @@ Suites:
   forward      forward tokens/s (logits included) of axjax vs transformers on one batch of token ids.
   decode       greedy decode tokens/s: axjax `generate_tokens` vs transformers `generate`, left-padded prompts.
   load_memory  peak host memory of `axjax.load` on a random bfloat16 HF checkpoint, in a fresh process.
+  train        ReFT-r1 training concepts/hour: axjax jointly over concepts, axjax one concept at a time, and a
+               PyTorch + transformers reference trained the AxBench way (hook at layer L, one concept, batch 6).
 
 `--model=random:<preset>` (e.g. random:gemma-2-2b) benchmarks random weights of an `axjax.PRESETS` shape on both
 sides, for machines with an accelerator:
@@ -40,7 +42,7 @@ from axjax.generation.sampling import SamplingConfig  # noqa: E402
 from axjax.loading.load import DTYPES  # noqa: E402
 from experiments import cli  # noqa: E402
 
-SUITES = ("forward", "decode", "load_memory")
+SUITES = ("forward", "decode", "load_memory", "train")
 RANDOM_PREFIX = "random:"
 
 FLAGS = flags.FLAGS
@@ -64,6 +66,14 @@ flags.DEFINE_enum("checkpoint_preset", "gemma-2-2b", list(axjax.PRESETS), "Shape
 flags.DEFINE_string("scratch_dir", "/tmp/axjax_bench", "Where the load_memory checkpoint is written (once).")
 flags.DEFINE_string("output", "bench_out/bench_model.json", "JSON file the results are written to.")
 flags.DEFINE_integer("seed", 0, "Seed of the token ids and random weights.")
+flags.DEFINE_string("train_data", "concept10/prod_2b_l20_v1", "AxBench dataset the train suite draws concepts from.")
+flags.DEFINE_integer("train_concepts", 2, "Concepts trained by each side in the train suite.")
+flags.DEFINE_integer("train_examples", 12, "Examples per concept (half positive, half negative; AxBench: 144).")
+flags.DEFINE_integer("train_epochs", 1, "Epochs (AxBench: 3).")
+flags.DEFINE_integer("train_layer", 12, "Layer whose output ReFT-r1 edits.")
+flags.DEFINE_integer("train_repeats", 1, "Timed runs per way of training, after one warm-up each.")
+flags.DEFINE_float("peak_tflops", None, "Accelerator peak TFLOP/s for the model-FLOP utilisation of the joint run "
+                   "(e.g. 989 for an H100's dense bf16); without it no utilisation is reported.")
 flags.register_validator("suite", lambda names: set(names) <= set(SUITES),
                          f"--suite takes a comma list of: {', '.join(SUITES)}")
 flags.register_validator("model", lambda m: not m.startswith(RANDOM_PREFIX) or m[len(RANDOM_PREFIX):] in axjax.PRESETS,
@@ -86,6 +96,7 @@ class Pair:
   reference: Any
   device: Any
   same_weights: bool  # both sides hold the same weights, so their greedy tokens should agree
+  tokenizer: Any  # the model's own, or for random weights the embedded model's
 
 
 def torch_device():
@@ -106,14 +117,18 @@ def load_pair(model: str, dtype: str) -> Pair:
   device = torch_device()
   torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
   if model.startswith(RANDOM_PREFIX):
-    config = axjax.PRESETS[model[len(RANDOM_PREFIX):]]
+    from axjax.loading.load import embedded_gguf_path
+    from axjax.loading.tokenizer import gguf_tokenizer
+
+    tokenizer = gguf_tokenizer(embedded_gguf_path())  # its 262,144 ids must all be valid: widen the vocabulary
+    config = axjax.PRESETS[model[len(RANDOM_PREFIX):]].replace(vocab_size=len(tokenizer))
     params = axjax.init_params(config, jax.random.key(FLAGS.seed), DTYPES[dtype])
     hf = load_memory.hf_config_dict(config)
     hf_config = transformers.AutoConfig.for_model(hf.pop("model_type"), **hf)
     torch.manual_seed(FLAGS.seed)
     with device:
       reference = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
-    return Pair(config, params, reference.eval(), device, same_weights=False)
+    return Pair(config, params, reference.eval(), device, same_weights=False, tokenizer=tokenizer)
   lm = axjax.load(model, dtype=dtype)
   if os.path.isdir(lm.source):
     reference = transformers.AutoModelForCausalLM.from_pretrained(lm.source, dtype=torch_dtype)
@@ -121,7 +136,7 @@ def load_pair(model: str, dtype: str) -> Pair:
     reference = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(lm.source), gguf_file=os.path.basename(lm.source), dtype=torch_dtype)
   reference = reference.to(device)
-  return Pair(lm.config, lm.params, reference.eval(), device, same_weights=True)
+  return Pair(lm.config, lm.params, reference.eval(), device, same_weights=True, tokenizer=lm.tokenizer)
 
 
 def random_ids(rng: np.random.Generator, shape: tuple[int, ...], vocab_size: int) -> np.ndarray:
@@ -255,6 +270,44 @@ def bench_load_memory() -> dict[str, Any]:
           "final_ratio": (result["final_rss_bytes"] - result["baseline_rss_bytes"]) / result["param_bytes"]}
 
 
+def bench_train(pair: Pair) -> dict[str, Any]:
+  """ReFT-r1 concepts/hour for the three ways of training, plus tokens/s and utilisation of the joint run."""
+  from axjax.benchmarks import train_throughput
+  from axjax.data.axbench_format import read_axbench
+  from axjax.data.examples import lm_examples
+
+  data = read_axbench(FLAGS.train_data)
+  concepts = [c.concept_id for c in data.concepts[:FLAGS.train_concepts]]
+  model = axjax.LoadedModel(FLAGS.model, pair.config, pair.params, pair.tokenizer, FLAGS.model)
+  args = (model, data, FLAGS.train_layer, concepts, FLAGS.train_examples, FLAGS.train_epochs)
+  # One warm-up of each (compilation excluded, as for the other suites), then timed turns.
+  seconds = time_alternating({
+      "axjax_joint": lambda: train_throughput.axjax_seconds(*args, joint=True),
+      "axjax_one_at_a_time": lambda: train_throughput.axjax_seconds(*args, joint=False),
+      "transformers_axbench_way": lambda: train_throughput.torch_seconds(pair.reference, *args, pair.device),
+  }, repeats=FLAGS.train_repeats)
+  ex = lm_examples(data, pair.tokenizer, concept_ids=concepts, train_on_negative=True, positions="all",
+                   max_examples=FLAGS.train_examples)
+  tokens = int(ex.attention_mask[ex.index[ex.row_valid]].sum()) * FLAGS.train_epochs
+  c, layer = pair.config, FLAGS.train_layer
+  per_layer = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(pair.params["layers"]))
+  # Estimated model FLOPs per trained token: the prefix forward once (amortised over epochs), then forward and
+  # input-gradient backward through the layers above L and the tied unembedding.
+  flops = (2 * per_layer * (layer + 1) / FLAGS.train_epochs
+           + 4 * (per_layer * (c.num_layers - layer - 1) + c.vocab_size * c.hidden_size))
+  result = {
+      "concepts": len(concepts), "examples_per_concept": FLAGS.train_examples, "epochs": FLAGS.train_epochs,
+      "layer": layer, "seconds": seconds,
+      "concepts_per_hour": {k: 3600 * len(concepts) / v for k, v in seconds.items()},
+      "ratio_joint_vs_transformers": seconds["transformers_axbench_way"] / seconds["axjax_joint"],
+      "ratio_one_at_a_time_vs_transformers": seconds["transformers_axbench_way"] / seconds["axjax_one_at_a_time"],
+      "joint_tokens_per_s": tokens / seconds["axjax_joint"],
+  }
+  if FLAGS.peak_tflops:
+    result["joint_model_flop_utilisation"] = tokens * flops / seconds["axjax_joint"] / (FLAGS.peak_tflops * 1e12)
+  return result
+
+
 def machine() -> dict[str, Any]:
   """Where the figures were taken."""
   import torch
@@ -294,12 +347,21 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"load_memory {r['preset']} bf16: parameters {r['param_bytes'] / 1e9:.3f} GB, peak RSS over baseline "
           f"{r['peak_over_baseline_bytes'] / 1e9:.3f} GB = {r['peak_ratio']:.2f}x parameter bytes "
           f"(resident after load {r['final_ratio']:.2f}x), load {r['load_seconds']:.1f}s")
+  if "train" in results:
+    r = results["train"]
+    print(f"train ReFT-r1, {r['concepts']} concepts x {r['examples_per_concept']} examples x {r['epochs']} epochs, "
+          f"layer {r['layer']}: concepts/hour " + ", ".join(f"{k} {v:.1f}" for k, v in r["concepts_per_hour"].items())
+          + f"; joint {r['ratio_joint_vs_transformers']:.2f}x and one-at-a-time "
+          f"{r['ratio_one_at_a_time_vs_transformers']:.2f}x the transformers reference; joint "
+          f"{r['joint_tokens_per_s']:.0f} tokens/s"
+          + (f", model FLOP utilisation {r['joint_model_flop_utilisation']:.1%}"
+             if "joint_model_flop_utilisation" in r else ""))
 
 
 def main(argv: list[str]) -> None:
   del argv
   results: dict[str, Any] = {"model": FLAGS.model, "dtype": FLAGS.dtype, "machine": machine()}
-  if {"forward", "decode"} & set(FLAGS.suite):
+  if {"forward", "decode", "train"} & set(FLAGS.suite):
     log(f"loading {FLAGS.model} ({FLAGS.dtype}) in axjax and transformers")
     pair = load_pair(FLAGS.model, FLAGS.dtype)
     results["transformers_attention"] = pair.reference.config._attn_implementation
@@ -307,6 +369,8 @@ def main(argv: list[str]) -> None:
       results["forward"] = bench_forward(pair)
     if "decode" in FLAGS.suite:
       results["decode"] = bench_decode(pair)
+    if "train" in FLAGS.suite:
+      results["train"] = bench_train(pair)
     del pair  # frees the models before load_memory writes its checkpoint
   if "load_memory" in FLAGS.suite:
     results["load_memory"] = bench_load_memory()

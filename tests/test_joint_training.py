@@ -1,7 +1,5 @@
 """Joint training over concepts is exact, and the cached-activation objectives equal full-model computations."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +8,7 @@ import pytest
 import axjax
 from axjax.methods.activations import layer_activations
 from axjax.methods.joint_training import OptimConfig, train_jointly
-from axjax.methods.objectives import UpperModel, probe_loss, reft_r1_loss, ssv_loss
+from axjax.methods.objectives import ProbeObjective, ReftR1Objective, SsvObjective, UpperModel, reft_r1_loss
 
 LAYER, U, T, P, C, B = 2, 12, 14, 6, 3, 2
 
@@ -48,9 +46,8 @@ def schedule(concepts, epochs=2, seed=0):
 def test_joint_equals_one_concept_at_a_time(setup, method):
   lm, examples = setup
   upper = UpperModel(lm.config, LAYER)
-  loss = {"reft_r1": functools.partial(reft_r1_loss, upper=upper, topk=3, coeff_l1=0.05),
-          "ssv": functools.partial(ssv_loss, upper=upper),
-          "probe": probe_loss}[method]
+  loss = {"reft_r1": ReftR1Objective(upper, topk=3, coeff_l1=0.05), "ssv": SsvObjective(upper),
+          "probe": ProbeObjective()}[method]
   cfg = OptimConfig(lr=0.01, total_steps=4, clip_norm=1.0 if method == "reft_r1" else None,
                     unit_norm_key=None if method == "ssv" else "w")
   init = {"w": jnp.full((C, lm.config.hidden_size), 0.01)}
@@ -59,6 +56,14 @@ def test_joint_equals_one_concept_at_a_time(setup, method):
     alone = train_jointly(cfg, loss, {"w": init["w"][c:c + 1]}, examples, schedule([c]), frozen=lm.params)["w"]
     np.testing.assert_allclose(np.asarray(joint[c]), np.asarray(alone[0]), rtol=1e-5, atol=1e-6)
   assert np.abs(np.asarray(joint) - 0.01).max() > 1e-3  # training moved the parameters
+
+
+def test_equal_objectives_share_one_compiled_step():
+  """Objectives hash by value, so a second training run with the same settings does not recompile."""
+  upper = UpperModel(axjax.PRESETS["gemma-3-270m"], LAYER)
+  assert ReftR1Objective(upper, 8, 5e-3) == ReftR1Objective(upper, 8, 5e-3)
+  assert hash(ReftR1Objective(upper, 8, 5e-3)) == hash(ReftR1Objective(upper, 8, 5e-3))
+  assert ReftR1Objective(upper, 8, 5e-3) != ReftR1Objective(upper, 4, 5e-3)
 
 
 def test_reft_r1_loss_equals_full_forward_with_the_intervention(setup):

@@ -35,16 +35,20 @@ class ActivationCache:
   data: AxbenchData
   layer: int
   progress: Progress | None = None
+  concept_ids: tuple[int, ...] | None = None  # train only these concepts (default: all)
+  max_examples: int | None = None  # per concept, half positives and half negatives (AxBench's scaling sweep)
   _sets: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def examples(self, kind: str):
     """'binarized', 'lm_all' (positives and negatives), 'lm_positive' or 'eval' examples, tokenised once."""
     if kind not in self._sets:
       tok = self.model.tokenizer
+      subset = dict(concept_ids=self.concept_ids, max_examples=self.max_examples)
       build = {
-          "binarized": lambda: data_examples.binarized_examples(self.data, tok),
-          "lm_all": lambda: data_examples.lm_examples(self.data, tok, train_on_negative=True, positions="all"),
-          "lm_positive": lambda: data_examples.lm_examples(self.data, tok, positions="all"),
+          "binarized": lambda: data_examples.binarized_examples(self.data, tok, **subset),
+          "lm_all": lambda: data_examples.lm_examples(self.data, tok, train_on_negative=True, positions="all",
+                                                      **subset),
+          "lm_positive": lambda: data_examples.lm_examples(self.data, tok, positions="all", **subset),
           "eval": lambda: data_examples.latent_eval_examples(self.data, tok),
       }[kind]
       ex = build()
@@ -98,7 +102,7 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
   if spec.name == "LinearProbe":
     ex, acts = cache.examples("binarized")
     arrays = {"acts": acts, "position_mask": ex.probe_mask.astype(np.float32), "label": _row_labels(ex)}
-    loss = functools.partial(objectives.probe_loss, coeff_l1=hp["coeff_l1_loss"])
+    loss = objectives.ProbeObjective(hp["coeff_l1_loss"])
     bound = 1.0 / np.sqrt(config.hidden_size)  # torch.nn.Linear's default initialisation
     init = jax.random.uniform(jax.random.key(seed), (len(ex.concept_ids), config.hidden_size), jnp.float32,
                               -bound, bound)
@@ -111,11 +115,10 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
               "loss_valid": valid}
     upper = objectives.UpperModel(config, cache.layer)
     if spec.name == "ReFT-r1":
-      loss = functools.partial(objectives.reft_r1_loss, upper=upper, topk=hp["topk"],
-                               coeff_l1=hp["coeff_latent_l1_loss"])
+      loss = objectives.ReftR1Objective(upper, hp["topk"], hp["coeff_latent_l1_loss"])
       optim = dict(clip_norm=1.0, unit_norm_key="w")
     else:
-      loss = functools.partial(objectives.ssv_loss, upper=upper)
+      loss = objectives.SsvObjective(upper)
       optim = {}
     init = jnp.full((len(ex.concept_ids), config.hidden_size), 0.01, jnp.float32)  # AxBench's fill_(0.01)
   steps = hp["n_epochs"] * batching.steps_per_epoch(ex.row_valid, hp["batch_size"])
@@ -134,7 +137,7 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
   spec = method(name)
   config = cache.model.config
   hp = hyperparameters(spec, config, overrides)
-  concepts = cache.data.concepts
+  concepts = cache.data.concepts if cache.concept_ids is None else [cache.data.concept(c) for c in cache.concept_ids]
   biases = np.zeros(len(concepts), np.float32)
   if spec.name == "Random":
     weights = closed_form.random_directions(len(concepts), config.hidden_size, seed)

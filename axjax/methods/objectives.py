@@ -80,3 +80,31 @@ def ssv_loss(params, batch, progress, model_params, *, upper: UpperModel) -> Arr
   h, where = batch["acts"], batch["position_mask"]
   steered = h + where[..., None] * params["w"].astype(h.dtype)
   return upper.output_nll(model_params, steered, batch)
+
+
+# The objectives as frozen dataclasses: static under jit and hashable by value, so every training run with the
+# same settings and shapes reuses one compiled step (a functools.partial would hash by identity and recompile).
+@dataclasses.dataclass(frozen=True)
+class ProbeObjective:
+  coeff_l1: float = 0.0
+
+  def __call__(self, params, batch, progress, frozen) -> Array:
+    return probe_loss(params, batch, progress, frozen, coeff_l1=self.coeff_l1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReftR1Objective:
+  upper: UpperModel
+  topk: int
+  coeff_l1: float
+
+  def __call__(self, params, batch, progress, frozen) -> Array:
+    return reft_r1_loss(params, batch, progress, frozen, upper=self.upper, topk=self.topk, coeff_l1=self.coeff_l1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SsvObjective:
+  upper: UpperModel
+
+  def __call__(self, params, batch, progress, frozen) -> Array:
+    return ssv_loss(params, batch, progress, frozen, upper=self.upper)
