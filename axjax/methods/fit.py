@@ -96,8 +96,8 @@ def _loss_positions(loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: int,
-           progress: Progress | None) -> tuple[Any, np.ndarray]:
-  """Trains a gradient-based method for all concepts jointly; returns its examples and weights [C, d]."""
+           progress: Progress | None) -> np.ndarray:
+  """Trains a gradient-based method for all concepts jointly; returns the weights [C, d]."""
   config = cache.model.config
   if spec.name == "LinearProbe":
     ex, acts = cache.examples("binarized")
@@ -128,7 +128,7 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
   report = None if progress is None else (lambda step, _: progress(f"train {spec.name}", step + 1, steps))
   trained = train_jointly(cfg, loss, {"w": init}, {k: jnp.asarray(v) for k, v in arrays.items()}, batches,
                           frozen=cache.model.params, progress=report)
-  return ex, np.asarray(trained["w"])
+  return np.asarray(trained["w"])
 
 
 def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] | None = None, seed: int = 0,
@@ -144,7 +144,7 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
     bound = 1.0 / np.sqrt(config.hidden_size)  # AxBench keeps torch.nn.Linear's random bias
     biases = np.random.default_rng(seed).uniform(-bound, bound, len(concepts)).astype(np.float32)
   elif spec.trained:
-    _, weights = _train(spec, hp, cache, seed, progress)
+    weights = _train(spec, hp, cache, seed, progress)
   else:
     ex, acts = cache.examples("binarized")
     weights = _closed_form(spec.name, ex, acts, seed)
