@@ -8,7 +8,7 @@ import pytest
 import axjax
 from axjax.methods.activations import layer_activations
 from axjax.methods.joint_training import OptimConfig, train_jointly
-from axjax.methods.objectives import ProbeObjective, ReftR1Objective, SsvObjective, UpperModel, reft_r1_loss
+from axjax.methods.objectives import ProbeObjective, ReftR1Objective, SsvObjective, UpperModel
 
 LAYER, U, T, P, C, B = 2, 12, 14, 6, 3, 2
 
@@ -73,7 +73,7 @@ def test_reft_r1_loss_equals_full_forward_with_the_intervention(setup):
   batch = {k: v[rows] for k, v in examples.items()}
   batch["weight"] = jnp.ones(4)
   w = jax.random.normal(jax.random.key(0), (lm.config.hidden_size,)) * 0.3
-  got = reft_r1_loss({"w": w}, batch, 0.0, lm.params, upper=UpperModel(lm.config, LAYER), topk=3, coeff_l1=0.0)
+  got = ReftR1Objective(UpperModel(lm.config, LAYER), topk=3, coeff_l1=0.0)({"w": w}, batch, 0.0, lm.params)
 
   def apply(p, h, ctx):
     latent = jax.nn.relu(h @ p)

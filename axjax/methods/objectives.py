@@ -21,16 +21,6 @@ def _weighted_mean(values: Array, weights: Array) -> Array:
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def probe_loss(params, batch, progress, frozen, *, coeff_l1: float = 0.0) -> Array:
-  """Linear probe: BCE of sigmoid(h . w) against the example label at every scored token (bias unused)."""
-  del progress, frozen
-  logits = jnp.einsum("btd,d->bt", batch["acts"], params["w"])
-  labels = jnp.broadcast_to(batch["label"][:, None].astype(jnp.float32), logits.shape)
-  mask = batch["position_mask"] * batch["weight"][:, None]
-  bce = bce_with_logits(logits, labels)
-  return _weighted_mean(bce, mask) + coeff_l1 * sum(jnp.abs(p).sum() for p in jax.tree.leaves(params))
-
-
 def bce_with_logits(logits: Array, labels: Array) -> Array:
   """Binary cross-entropy of sigmoid(logits), computed stably; torch's BCELoss clamps log at -100."""
   log_p = jnp.maximum(jax.nn.log_sigmoid(logits), -100.0)
@@ -59,52 +49,53 @@ class UpperModel:
     return _weighted_mean(nll, valid.reshape(-1))
 
 
-def reft_r1_loss(params, batch, progress, model_params, *, upper: UpperModel, topk: int, coeff_l1: float) -> Array:
-  """ReFT-r1 (AxBench's LsReFT): h + mean(top-k ReLU(h . w)) w at every intervened position; LM loss on
-  outputs plus an L1 penalty on the non-top-k latents whose weight ramps linearly from 0."""
-  h, where = batch["acts"], batch["position_mask"]
-  latent = jax.nn.relu(jnp.einsum("btd,d->bt", h, params["w"].astype(h.dtype)))
-  masked = jnp.where(where > 0, latent, -1.0)  # top-k over intervened positions only
-  top, top_idx = jax.lax.top_k(masked, topk)
-  magnitude = jnp.mean(jnp.maximum(top, 0.0), axis=-1)  # [B]
-  steered = h + jnp.where(where[..., None] > 0, magnitude[:, None, None] * params["w"], 0.0)
-  in_top = jnp.zeros_like(latent).at[jnp.arange(h.shape[0])[:, None], top_idx].set(1.0)
-  non_top = latent * (1.0 - in_top) * where
-  l1 = _weighted_mean(non_top.sum(-1) / (where.sum(-1) + jnp.finfo(jnp.float32).eps), batch["weight"])
-  return upper.output_nll(model_params, steered, batch) + progress * coeff_l1 * l1
-
-
-def ssv_loss(params, batch, progress, model_params, *, upper: UpperModel) -> Array:
-  """SSV: h + v at every intervened position, LM loss on outputs (v unconstrained)."""
-  del progress
-  h, where = batch["acts"], batch["position_mask"]
-  steered = h + where[..., None] * params["w"].astype(h.dtype)
-  return upper.output_nll(model_params, steered, batch)
-
-
-# The objectives as frozen dataclasses: static under jit and hashable by value, so every training run with the
+# Each objective is a frozen dataclass: static under jit and hashable by value, so every training run with the
 # same settings and shapes reuses one compiled step (a functools.partial would hash by identity and recompile).
 @dataclasses.dataclass(frozen=True)
 class ProbeObjective:
+  """Linear probe: BCE of sigmoid(h . w) against the example label at every scored token (bias unused)."""
+
   coeff_l1: float = 0.0
 
   def __call__(self, params, batch, progress, frozen) -> Array:
-    return probe_loss(params, batch, progress, frozen, coeff_l1=self.coeff_l1)
+    del progress, frozen
+    logits = jnp.einsum("btd,d->bt", batch["acts"], params["w"])
+    labels = jnp.broadcast_to(batch["label"][:, None].astype(jnp.float32), logits.shape)
+    mask = batch["position_mask"] * batch["weight"][:, None]
+    l1 = sum(jnp.abs(p).sum() for p in jax.tree.leaves(params))
+    return _weighted_mean(bce_with_logits(logits, labels), mask) + self.coeff_l1 * l1
 
 
 @dataclasses.dataclass(frozen=True)
 class ReftR1Objective:
+  """ReFT-r1 (AxBench's LsReFT): h + mean(top-k ReLU(h . w)) w at every intervened position; LM loss on
+  outputs plus an L1 penalty on the non-top-k latents whose weight ramps linearly from 0."""
+
   upper: UpperModel
   topk: int
   coeff_l1: float
 
-  def __call__(self, params, batch, progress, frozen) -> Array:
-    return reft_r1_loss(params, batch, progress, frozen, upper=self.upper, topk=self.topk, coeff_l1=self.coeff_l1)
+  def __call__(self, params, batch, progress, model_params) -> Array:
+    h, where = batch["acts"], batch["position_mask"]
+    latent = jax.nn.relu(jnp.einsum("btd,d->bt", h, params["w"].astype(h.dtype)))
+    masked = jnp.where(where > 0, latent, -1.0)  # top-k over intervened positions only
+    top, top_idx = jax.lax.top_k(masked, self.topk)
+    magnitude = jnp.mean(jnp.maximum(top, 0.0), axis=-1)  # [B]
+    steered = h + jnp.where(where[..., None] > 0, magnitude[:, None, None] * params["w"], 0.0)
+    in_top = jnp.zeros_like(latent).at[jnp.arange(h.shape[0])[:, None], top_idx].set(1.0)
+    non_top = latent * (1.0 - in_top) * where
+    l1 = _weighted_mean(non_top.sum(-1) / (where.sum(-1) + jnp.finfo(jnp.float32).eps), batch["weight"])
+    return self.upper.output_nll(model_params, steered, batch) + progress * self.coeff_l1 * l1
 
 
 @dataclasses.dataclass(frozen=True)
 class SsvObjective:
+  """SSV: h + v at every intervened position, LM loss on outputs (v unconstrained)."""
+
   upper: UpperModel
 
-  def __call__(self, params, batch, progress, frozen) -> Array:
-    return ssv_loss(params, batch, progress, frozen, upper=self.upper)
+  def __call__(self, params, batch, progress, model_params) -> Array:
+    del progress
+    h, where = batch["acts"], batch["position_mask"]
+    steered = h + where[..., None] * params["w"].astype(h.dtype)
+    return self.upper.output_nll(model_params, steered, batch)
