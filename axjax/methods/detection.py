@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from axjax.dictionary import Dictionary
-from axjax.evaluation.detection_metrics import AXBENCH_NUM_EXAMPLES, detection_report
+from axjax.evaluation.detection_metrics import AXBENCH_NUM_EXAMPLES, detection_report, round_scores
 from axjax.methods.fit import ActivationCache
 from axjax.methods.registry import method
 from axjax.methods.scoring import example_max_scores
@@ -35,7 +35,7 @@ def evaluate_detection(dictionary: Dictionary, cache: ActivationCache, imbalance
                             imbalance_factor=imbalance_factor_for(ex.categories, imbalance_factor))
   max_acts, thresholds = [], []
   for column, concept in enumerate(dictionary.concept_ids):
-    own = np.round(scores[ex.concept_ids == concept, column], 3)
+    own = round_scores(scores[ex.concept_ids == concept, column])
     lo, hi = float(own.min()), float(own.max())
     normalised = report["concepts"][column]["roc"]["optimal_threshold"]
     max_acts.append(hi)
