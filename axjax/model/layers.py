@@ -38,7 +38,7 @@ class LayerContext(NamedTuple):
 
 
 class LayerCache(NamedTuple):
-  """Keys and values of one layer (or, stacked, of several) for every cache slot, and where to write next."""
+  """Keys and values of one layer (or, stacked, of several) for every cache slot."""
 
   k: Array  # [B, S, K, hd]
   v: Array  # [B, S, K, hd]
