@@ -6,6 +6,8 @@ Suites:
   forward      forward tokens/s (logits included) of axjax vs transformers on one batch of token ids.
   decode       greedy decode tokens/s: axjax `generate_tokens` vs transformers `generate`, left-padded prompts.
   load_memory  peak host memory of `axjax.load` on a random bfloat16 HF checkpoint, in a fresh process.
+  steer        steered sampling throughput (rows/s, tokens/s): axjax's per-row-intervention batches vs
+               transformers `generate` with a forward hook at layer L, batch 10 (AxBench's steering way).
   train        ReFT-r1 training concepts/hour: axjax jointly over concepts, axjax one concept at a time, and a
                PyTorch + transformers reference trained the AxBench way (hook at layer L, one concept, batch 6).
 
@@ -42,7 +44,7 @@ from axjax.generation.sampling import SamplingConfig  # noqa: E402
 from axjax.loading.load import DTYPES  # noqa: E402
 from experiments import cli  # noqa: E402
 
-SUITES = ("forward", "decode", "load_memory", "train")
+SUITES = ("forward", "decode", "load_memory", "train", "steer")
 RANDOM_PREFIX = "random:"
 
 FLAGS = flags.FLAGS
@@ -72,6 +74,10 @@ flags.DEFINE_integer("train_examples", 12, "Examples per concept (half positive,
 flags.DEFINE_integer("train_epochs", 1, "Epochs (AxBench: 3).")
 flags.DEFINE_integer("train_layer", 12, "Layer whose output ReFT-r1 edits.")
 flags.DEFINE_integer("train_repeats", 1, "Timed runs per way of training, after one warm-up each.")
+flags.DEFINE_integer("steer_rows", 64, "Steering rows (concept x factor x instruction) each side generates.")
+flags.DEFINE_integer("steer_batch", 64, "axjax rows per compiled steering batch (the reference uses 10).")
+flags.DEFINE_integer("steer_layer", 12, "Layer after which each row's vector is added.")
+flags.DEFINE_integer("steer_repeats", 2, "Timed runs per implementation in the steer suite, after one warm-up.")
 flags.DEFINE_float("peak_tflops", None, "Accelerator peak TFLOP/s for the model-FLOP utilisation of the joint run "
                    "(e.g. 989 for an H100's dense bf16); without it no utilisation is reported.")
 flags.register_validator("suite", lambda names: set(names) <= set(SUITES),
@@ -308,6 +314,63 @@ def bench_train(pair: Pair) -> dict[str, Any]:
   return result
 
 
+def bench_steer(pair: Pair) -> dict[str, Any]:
+  """Rows/s of sampled steered generation: every row its own vector and strength, exactly --new_tokens each."""
+  import torch
+
+  rows, batch, new, width, layer = (FLAGS.steer_rows, FLAGS.steer_batch, FLAGS.new_tokens, FLAGS.prompt_length,
+                                    FLAGS.steer_layer)
+  reference_batch = 10  # AxBench's steering_batch_size for 2B models
+  log(f"steer: {rows} rows, axjax batch {batch}, transformers batch {reference_batch}, layer {layer}, {new} new")
+  ids, mask = left_padded_prompts(rows, width, pair.config.vocab_size)
+  rng = np.random.default_rng(FLAGS.seed)
+  vectors = rng.normal(size=(rows, pair.config.hidden_size)).astype(np.float32)
+  vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+  strengths = rng.uniform(0.0, 50.0, size=rows).astype(np.float32)
+  sampling = SamplingConfig(max_new_tokens=new, temperature=1.0)
+  intervention = axjax.steering(layer)
+  keys = jax.random.split(jax.random.key(FLAGS.seed), rows)
+
+  def run_axjax():
+    for start in range(0, rows, batch):
+      part = np.arange(start, start + batch).clip(max=rows - 1)  # fixed batch shape
+      params = axjax.steering_params(vectors[part], strengths[part])
+      out = generate_tokens(pair.params, pair.config, ids[part], mask[part], keys[part], sampling, (), 0,
+                            intervention, params)
+      jax.block_until_ready(out.tokens)
+
+  dtype = next(pair.reference.parameters()).dtype
+  t_delta = torch.from_numpy(vectors * strengths[:, None]).to(pair.device, dtype)
+  current: dict[str, Any] = {}
+
+  def hook(module, inputs, output):  # AxBench's AdditionIntervention: every position of every row
+    hidden = output[0] if isinstance(output, tuple) else output
+    hidden = hidden + current["delta"][:, None, :]
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+  def run_reference():
+    handle = pair.reference.model.layers[layer].register_forward_hook(hook)
+    try:
+      for start in range(0, rows, reference_batch):
+        stop = min(rows, start + reference_batch)
+        current["delta"] = t_delta[start:stop]
+        with torch.inference_mode():
+          pair.reference.generate(input_ids=torch.from_numpy(ids[start:stop]).long().to(pair.device),
+                                  attention_mask=torch.from_numpy(mask[start:stop]).long().to(pair.device),
+                                  do_sample=True, temperature=1.0, top_k=0, max_new_tokens=new,
+                                  min_new_tokens=new, pad_token_id=0)
+      sync(pair.device)
+    finally:
+      handle.remove()
+
+  seconds = time_alternating({"axjax": run_axjax, "transformers": run_reference}, FLAGS.steer_repeats)
+  return {"rows": rows, "batch": batch, "reference_batch": reference_batch, "new_tokens": new,
+          "prompt_length": width, "layer": layer, "seconds": seconds,
+          "rows_per_s": {k: rows / v for k, v in seconds.items()},
+          "tokens_per_s": {k: rows * new / v for k, v in seconds.items()},
+          "ratio": seconds["transformers"] / seconds["axjax"], "load_average_1m": os.getloadavg()[0]}
+
+
 def machine() -> dict[str, Any]:
   """Where the figures were taken."""
   import torch
@@ -347,6 +410,12 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"load_memory {r['preset']} bf16: parameters {r['param_bytes'] / 1e9:.3f} GB, peak RSS over baseline "
           f"{r['peak_over_baseline_bytes'] / 1e9:.3f} GB = {r['peak_ratio']:.2f}x parameter bytes "
           f"(resident after load {r['final_ratio']:.2f}x), load {r['load_seconds']:.1f}s")
+  if "steer" in results:
+    r = results["steer"]
+    print(f"steer {r['rows']} rows x {r['new_tokens']} sampled tokens, layer {r['layer']}: axjax batch {r['batch']} "
+          f"{r['rows_per_s']['axjax']:.2f} rows/s ({r['tokens_per_s']['axjax']:.0f} tok/s), transformers hooked "
+          f"generate batch {r['reference_batch']} {r['rows_per_s']['transformers']:.2f} rows/s "
+          f"({r['tokens_per_s']['transformers']:.0f} tok/s): {r['ratio']:.2f}x")
   if "train" in results:
     r = results["train"]
     print(f"train ReFT-r1, {r['concepts']} concepts x {r['examples_per_concept']} examples x {r['epochs']} epochs, "
@@ -361,7 +430,7 @@ def print_table(results: dict[str, Any]) -> None:
 def main(argv: list[str]) -> None:
   del argv
   results: dict[str, Any] = {"model": FLAGS.model, "dtype": FLAGS.dtype, "machine": machine()}
-  if {"forward", "decode", "train"} & set(FLAGS.suite):
+  if {"forward", "decode", "train", "steer"} & set(FLAGS.suite):
     log(f"loading {FLAGS.model} ({FLAGS.dtype}) in axjax and transformers")
     pair = load_pair(FLAGS.model, FLAGS.dtype)
     results["transformers_attention"] = pair.reference.config._attn_implementation
@@ -371,6 +440,8 @@ def main(argv: list[str]) -> None:
       results["decode"] = bench_decode(pair)
     if "train" in FLAGS.suite:
       results["train"] = bench_train(pair)
+    if "steer" in FLAGS.suite:
+      results["steer"] = bench_steer(pair)
     del pair  # frees the models before load_memory writes its checkpoint
   if "load_memory" in FLAGS.suite:
     results["load_memory"] = bench_load_memory()

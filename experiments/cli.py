@@ -6,6 +6,7 @@ import sys
 from typing import Callable
 
 from absl import app, flags, logging
+from tqdm.auto import tqdm
 
 from axjax.errors import AxjaxError
 
@@ -15,9 +16,27 @@ def run(main: Callable[[list[str]], None]) -> None:
 
   Logging defaults to warnings and errors (Orbax logs every save step at INFO); --verbosity=0 shows INFO.
   """
-  flags.FLAGS.set_default("verbosity", logging.WARNING)
+  def quiet_main(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # absl's app.run ignores a changed default of this flag
+    main(argv)
+
   try:
-    app.run(main)
+    app.run(quiet_main)
   except AxjaxError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def progress_bars() -> Callable[[str, int, int], None]:
+  """A progress callback `(stage, done, total)` drawing one tqdm bar per stage."""
+  bars: dict[str, tqdm] = {}
+
+  def progress(stage: str, done: int, total: int) -> None:
+    if stage not in bars:
+      bars[stage] = tqdm(total=total, desc=stage)
+    bars[stage].update(done - bars[stage].n)
+    if done >= total:
+      bars[stage].close()
+
+  return progress

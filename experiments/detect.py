@@ -11,17 +11,14 @@ skips methods already finished; a different model, data, layer or seed in the sa
 from __future__ import annotations
 
 import os
-from absl import flags, logging
-from tqdm.auto import tqdm
+from absl import flags
 
 import axjax
 from axjax import atomic_files
 from axjax.data.axbench_format import read_axbench
-from axjax.dictionary import load_dictionary, save_dictionary
-from axjax.errors import AxjaxError
 from axjax.methods import registry
-from axjax.methods.detection import evaluate_detection
-from axjax.methods.fit import ActivationCache, fit_method
+from axjax.methods.detection_run import check_run, run_detection, summary_table
+from axjax.methods.fit import ActivationCache
 from experiments import cli
 
 _MODEL = flags.DEFINE_string("model", axjax.EMBEDDED_MODEL, "HF checkpoint folder, .gguf file or 'gemma-3-270m'.")
@@ -39,49 +36,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed for data order, initialisation and
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model dtype.")
 
 
-def parse_overrides(items: list[str], methods: list[str]) -> dict[str, dict[str, str]]:
-  """{'ReFT-r1': {'n_epochs': '1'}} from ['ReFT-r1.n_epochs=1']."""
-  out: dict[str, dict[str, str]] = {}
-  for item in items:
-    name, _, value = item.partition("=")
-    meth, _, key = name.rpartition(".")
-    if not value or not meth or not key:
-      raise AxjaxError(f"--hparams entry {item!r} is not of the form Method.name=value")
-    spec = registry.method(meth)
-    if spec.name not in methods:
-      raise AxjaxError(f"--hparams names {spec.name}, which is not among --methods")
-    out.setdefault(spec.name, {})[key] = value
-  return out
-
-
-def check_run(output_dir: str, settings: dict) -> None:
-  """Refuses to resume into a folder written with other settings; records them otherwise."""
-  path = os.path.join(output_dir, "run.json")
-  if os.path.exists(path):
-    previous = atomic_files.read_json(path)
-    differing = [k for k in settings if previous.get(k) != settings[k]]
-    if differing:
-      raise AxjaxError(f"{output_dir} holds a run with other settings ({', '.join(differing)}): "
-                       "choose another --output_dir")
-  atomic_files.write_json(path, settings)
-
-
-def summary_table(reports: dict[str, dict], names: dict[int, str]) -> str:
-  """Markdown: AUROC per concept (rows) and method (columns), then the means."""
-  methods = list(reports)
-  lines = ["| concept | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-  for i, entry in enumerate(next(iter(reports.values()))["concepts"]):
-    cid = entry["concept_id"]
-    cells = [f"{reports[m]['concepts'][i]['roc']['roc_auc']:.3f}" for m in methods]
-    lines.append(f"| {cid}: {names[cid][:60]} | " + " | ".join(cells) + " |")
-  lines.append("| **mean** | " + " | ".join(f"**{reports[m]['mean']['roc']['roc_auc']:.3f}**" for m in methods) + " |")
-  return "\n".join(lines) + "\n"
-
-
 def main(argv):
   del argv
   methods = [registry.method(m).name for m in _METHODS.value]
-  overrides = parse_overrides(_HPARAMS.value, methods)
+  overrides = registry.parse_overrides(_HPARAMS.value, methods)
   data = read_axbench(_DATA.value, max_concepts=_MAX_CONCEPTS.value)  # validated before any model work
   output = _OUTPUT.value or os.path.join("checkpoints", f"detect-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
   model = axjax.load(_MODEL.value, _DTYPE.value)
@@ -91,32 +49,9 @@ def main(argv):
   check_run(output, {"model": model.name, "data": _DATA.value, "layer": _LAYER.value, "seed": _SEED.value,
                      "dtype": _DTYPE.value, "max_concepts": _MAX_CONCEPTS.value,
                      "concept_ids": [c.concept_id for c in data.concepts]})
-  bars: dict[str, tqdm] = {}
-
-  def progress(stage: str, done: int, total: int) -> None:
-    if stage not in bars:
-      bars[stage] = tqdm(total=total, desc=stage)
-    bars[stage].update(done - bars[stage].n)
-
-  cache = ActivationCache(model, data, _LAYER.value, progress)
-  reports = {}
-  for name in methods:
-    result_path = os.path.join(output, "detection", f"{name}.json")
-    dict_path = os.path.join(output, "dictionaries", name)
-    if os.path.exists(result_path) and os.path.exists(dict_path):
-      logging.info("%s: already done in %s", name, result_path)
-      reports[name] = atomic_files.read_json(result_path)
-      continue
-    if os.path.exists(dict_path):
-      dictionary = load_dictionary(dict_path, hidden_size=model.config.hidden_size, layer=_LAYER.value)
-    else:
-      dictionary = fit_method(name, cache, overrides=overrides.get(name), seed=_SEED.value, progress=progress)
-    report, dictionary = evaluate_detection(dictionary, cache, _IMBALANCE.value)
-    save_dictionary(dict_path, dictionary, overwrite=os.path.exists(dict_path))
-    atomic_files.write_json(result_path, report)
-    reports[name] = report
-    print(f"{name}: mean AUROC {report['mean']['roc']['roc_auc']:.3f} over {len(report['concepts'])} concepts",
-          flush=True)
+  cache = ActivationCache(model, data, _LAYER.value, cli.progress_bars())
+  reports, _ = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
+                             imbalance_factor=_IMBALANCE.value, log=lambda line: print(line, flush=True))
   atomic_files.write_json(os.path.join(output, "detection.json"), reports)
   table = summary_table(reports, {c.concept_id: c.name for c in data.concepts})
   atomic_files.write_text(os.path.join(output, "summary.md"),

@@ -66,6 +66,30 @@ def test_zero_intervention_changes_nothing_and_rows_are_independent(tiny):
   assert (steered[1] != plain[1]).any()
 
 
+def test_sampled_rows_depend_only_on_their_own_key(tiny):
+  ids, mask = padded_batch(np.random.default_rng(8), 128, lengths=[7, 5, 3], width=7)
+  keys = jax.random.split(jax.random.key(9), 3)
+  sampling = SamplingConfig(max_new_tokens=10, temperature=1.0)
+  together = np.asarray(generate_tokens(tiny.params, tiny.config, ids, mask, keys, sampling).tokens)
+  alone = np.asarray(generate_tokens(tiny.params, tiny.config, ids[1:2], mask[1:2], keys[1:2], sampling).tokens)
+  np.testing.assert_array_equal(alone[0], together[1])
+  other = np.asarray(generate_tokens(tiny.params, tiny.config, ids, mask, keys[::-1], sampling).tokens)
+  assert (other != together).any()  # the keys matter
+
+
+def test_prompt_intervention_mask_limits_where_the_prompt_is_steered(tiny):
+  ids, mask = padded_batch(np.random.default_rng(10), 128, lengths=[6, 6], width=6)
+  vec = np.random.default_rng(11).normal(size=(2, tiny.config.hidden_size)).astype(np.float32) * 4
+  run = lambda pmask: np.asarray(generate_tokens(
+      tiny.params, tiny.config, ids, mask, jax.random.key(0), SamplingConfig(max_new_tokens=1, temperature=0.0),
+      intervention=axjax.steering(2), intervention_params=axjax.steering_params(vec, [3.0, 3.0]),
+      prompt_intervention_mask=pmask).tokens)
+  want = greedy_by_full_forward(tiny, ids, mask, 1, axjax.steering(2), axjax.steering_params(vec, [3.0, 3.0]))
+  np.testing.assert_array_equal(run(None), want)
+  unsteered_prompt = run(np.zeros_like(mask))
+  np.testing.assert_array_equal(unsteered_prompt, greedy_by_full_forward(tiny, ids, mask, 1))  # 1st token: prompt only
+
+
 def test_stop_tokens_end_rows_and_pad_after(tiny):
   ids, mask = padded_batch(np.random.default_rng(7), 128, lengths=[5, 5], width=5)
   plain = np.asarray(generate_tokens(tiny.params, tiny.config, ids, mask, jax.random.key(0), GREEDY).tokens)
@@ -79,13 +103,25 @@ def test_stop_tokens_end_rows_and_pad_after(tiny):
 
 def test_sampling_rules():
   logits = jnp.asarray([[0.0, 3.0, 1.0, 2.9]] * 64)
-  keys = jax.random.split(jax.random.key(0), 2)
+  keys = jax.random.split(jax.random.key(0), (2, 64))
   nucleus = sample_next(logits, keys[0], SamplingConfig(8, temperature=1.0, top_p=0.05))
   assert (np.asarray(nucleus) == 1).all()  # the top token alone carries more than 5%
   broad = np.asarray(sample_next(logits, keys[1], SamplingConfig(8, temperature=1.0)))
   assert len(set(broad.tolist())) > 2
   again = np.asarray(sample_next(logits, keys[1], SamplingConfig(8, temperature=1.0)))
   np.testing.assert_array_equal(broad, again)  # same key, same tokens
+  alone = np.asarray(sample_next(logits[5:6], keys[1][5:6], SamplingConfig(8, temperature=1.0)))
+  assert alone[0] == broad[5]  # a row's token depends on its own key only
+
+
+def test_sampling_follows_the_softmax_over_a_multi_block_vocabulary():
+  probs = np.zeros(1500)  # three blocks of the inverse CDF, the last one partial
+  probs[[3, 700, 1499, 1024]] = [0.1, 0.2, 0.3, 0.4]
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))[None].repeat(4000, axis=0)
+  draws = np.asarray(sample_next(logits, jax.random.split(jax.random.key(3), 4000), SamplingConfig(8)))
+  assert set(draws.tolist()) == {3, 700, 1024, 1499}  # zero-probability entries are never drawn
+  freq = np.bincount(draws, minlength=1500)[[3, 700, 1499, 1024]] / 4000
+  np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.4], atol=0.03)  # ~4 standard errors
 
 
 def test_real_model_cached_greedy_equals_full_forward(embedded):

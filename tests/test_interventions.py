@@ -76,3 +76,21 @@ def test_stop_after_layer_returns_that_layers_output(tiny):
   early = axjax.forward(tiny.params, tiny.config, ids, mask, stop_after_layer=LAYER)
   assert early.logits is None
   np.testing.assert_allclose(np.asarray(early.hidden), np.asarray(full.all_hidden[LAYER]), atol=1e-6)
+
+
+def test_clamping_matches_numpy_per_row():
+  rng = np.random.default_rng(5)
+  h = rng.normal(size=(2, 4, 6)).astype(np.float32)
+  v = rng.normal(size=(2, 6)).astype(np.float32)
+  v /= np.linalg.norm(v, axis=-1, keepdims=True)
+  factor = np.asarray([1.5, -0.5], np.float32)
+  mask = np.asarray([[0, 1, 1, 1], [1, 1, 0, 1]], bool)
+  ctx = axjax.InterventionContext(jnp.asarray(mask), jnp.zeros((2, 4), jnp.int32))
+  got = np.asarray(axjax.clamping(0).apply(axjax.steering_params(v, factor), jnp.asarray(h), ctx))
+  latent = np.maximum(np.einsum("btd,bd->bt", h, v), 0)[..., None]
+  want = h - latent * v[:, None] + factor[:, None, None] * v[:, None]
+  want = np.where(mask[..., None], want, h)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  proj = np.einsum("btd,bd->bt", got, v)
+  np.testing.assert_allclose(proj[mask], np.broadcast_to(factor[:, None], (2, 4))[mask]
+                             + np.minimum(np.einsum("btd,bd->bt", h, v), 0)[mask], atol=1e-5)

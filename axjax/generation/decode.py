@@ -2,7 +2,8 @@
 
 Prompts are left-padded so every row writes its next token into the same cache slot. The cache is kept as
 two stacks, the layers up to the intervention layer and those above it, so the scan split needs no copies.
-Every row may carry its own intervention parameters (leading batch axis).
+Every row may carry its own intervention parameters (leading batch axis) and its own random key, so a
+row's tokens do not depend on the batch it runs in.
 """
 
 from __future__ import annotations
@@ -50,23 +51,30 @@ def _step(params, segments, split: int, config: GemmaConfig, tokens: Array, fram
 def generate_tokens(params, config: GemmaConfig, prompt: Array, prompt_mask: Array, rng: Array,
                     sampling: SamplingConfig = SamplingConfig(), stop_ids: tuple[int, ...] = (),
                     pad_id: int = 0, intervention: Intervention | None = None, intervention_params: Any = None,
-                    intervene_on_prompt: bool = True) -> GenerationOutput:
+                    prompt_intervention_mask: Array | None = None) -> GenerationOutput:
   """Generates up to `sampling.max_new_tokens` tokens for left-padded prompts [B, T] with mask [B, T].
 
-  The intervention (if any) acts at every real prompt token (unless `intervene_on_prompt=False`) and at
-  every generated token, as AxBench's steering does.
+  `rng` is one key, or [B] keys (one per row). The intervention (if any) acts at every generated token and
+  at the prompt tokens of `prompt_intervention_mask` [B, T] (default: every real prompt token, as AxBench's
+  steering does).
   """
   check_tokens(prompt, config)
   if intervention is not None:
     config.check_layer(intervention.layer)
     check_width(intervention_params, config.hidden_size)
+  if rng.ndim == 0:
+    rng = jax.random.split(rng, prompt.shape[0])
+  chex.assert_shape(rng, (prompt.shape[0],))
+  if prompt_intervention_mask is None:
+    prompt_intervention_mask = prompt_mask
+  chex.assert_equal_shape([prompt, prompt_intervention_mask])
   return _generate(params, config, prompt, prompt_mask, rng, sampling, tuple(stop_ids), pad_id, intervention,
-                   intervention_params, intervene_on_prompt)
+                   intervention_params, prompt_intervention_mask)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 5, 6, 7, 8, 10))
-def _generate(params, config, prompt, prompt_mask, rng, sampling, stop_ids, pad_id, intervention,
-              intervention_params, intervene_on_prompt) -> GenerationOutput:
+@functools.partial(jax.jit, static_argnums=(1, 5, 6, 7, 8))
+def _generate(params, config, prompt, prompt_mask, row_keys, sampling, stop_ids, pad_id, intervention,
+              intervention_params, prompt_intervention_mask) -> GenerationOutput:
   chex.assert_rank([prompt, prompt_mask], 2)
   chex.assert_equal_shape([prompt, prompt_mask])
   batch, prompt_len = prompt.shape
@@ -87,29 +95,29 @@ def _generate(params, config, prompt, prompt_mask, rng, sampling, stop_ids, pad_
   k_valid = jnp.concatenate([prompt_mask, jnp.ones((batch, new), bool)], axis=1)
 
   frame = AttentionFrame(prompt_frame.q_positions, k_positions, k_valid)
-  prompt_imask = prompt_mask if intervene_on_prompt else jnp.zeros_like(prompt_mask)
+  prompt_imask = prompt_intervention_mask.astype(bool) & prompt_mask
   logits, caches = _step(params, segments, split, config, prompt, frame, caches, jnp.int32(0), intervention,
                          intervention_params, prompt_imask)
   stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
 
   def cond(state):
-    step, _, _, _, done, _ = state
+    step, _, _, _, done = state
     return (step < new) & ~jnp.all(done)
 
   def body(state):
-    step, logits, caches, out, done, rng = state
-    rng, key = jax.random.split(rng)
-    token = jnp.where(done, pad_id, sample_next(logits, key, sampling))
+    step, logits, caches, out, done = state
+    keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
+    token = jnp.where(done, pad_id, sample_next(logits, keys, sampling))
     out = out.at[:, step].set(token)
     done = done | jnp.isin(token, stops)
     step_frame = AttentionFrame(gen_positions[:, step][:, None], k_positions, k_valid)
     logits, caches = _step(params, segments, split, config, token[:, None], step_frame, caches, prompt_len + step,
                            intervention, intervention_params, jnp.ones((batch, 1), bool))
-    return step + 1, logits, caches, out, done, rng
+    return step + 1, logits, caches, out, done
 
   out = jnp.full((batch, new), pad_id, jnp.int32)
-  state = (jnp.int32(0), logits, caches, out, jnp.zeros((batch,), bool), rng)
-  _, _, _, out, _, _ = jax.lax.while_loop(cond, body, state)
+  state = (jnp.int32(0), logits, caches, out, jnp.zeros((batch,), bool))
+  _, _, _, out, _ = jax.lax.while_loop(cond, body, state)
   is_stop = jnp.isin(out, stops)
   lengths = jnp.where(jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1), new).astype(jnp.int32)
   return GenerationOutput(out, lengths)

@@ -57,18 +57,19 @@ def generate_text(model: LoadedModel, prompts: Sequence[str], *, sampling: Sampl
   tok = model.tokenizer
   pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
   encoded = encode_prompts(tok, prompts, chat)
-  rng = jax.random.key(seed)
+  keys = jax.random.split(jax.random.key(seed), len(prompts))  # one per prompt: batching cannot change a row
   texts: list[str] = []
   for start in range(0, len(prompts), batch_size):
     rows = encoded[start:start + batch_size]
     n = len(rows)
     rows = rows + [rows[-1]] * (batch_size - n)  # fixed batch shape: pad with copies, dropped below
+    row_keys = keys[start:start + n]
+    row_keys = jax.numpy.concatenate([row_keys, jax.numpy.repeat(row_keys[-1:], batch_size - n)])
     ids, mask = left_pad(rows, pad_id, length_bucket)
     params = None
     if intervention_params is not None:
       params = jax.tree.map(lambda a: _rows(a, start, n, batch_size, len(prompts)), intervention_params)
-    rng, key = jax.random.split(rng)
-    out = generate_tokens(model.params, model.config, ids, mask, key, sampling, stop_token_ids(tok), pad_id,
+    out = generate_tokens(model.params, model.config, ids, mask, row_keys, sampling, stop_token_ids(tok), pad_id,
                           intervention, params)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     texts += [tok.decode(tokens[i, :lengths[i]], skip_special_tokens=True) for i in range(n)]

@@ -57,3 +57,18 @@ def hyperparameters(spec: MethodSpec, config: GemmaConfig, overrides: dict[str, 
       raise AxjaxError(f"{spec.name} has no hyperparameter {key!r} (it has {', '.join(values) or 'none'})")
     values[key] = type(values[key])(value)
   return values
+
+
+def parse_overrides(items: list[str], methods: list[str]) -> dict[str, dict[str, str]]:
+  """{'ReFT-r1': {'n_epochs': '1'}} from flag entries ['ReFT-r1.n_epochs=1'], for methods among `methods`."""
+  out: dict[str, dict[str, str]] = {}
+  for item in items:
+    name, _, value = item.partition("=")
+    meth, _, key = name.rpartition(".")
+    if not value or not meth or not key:
+      raise AxjaxError(f"--hparams entry {item!r} is not of the form Method.name=value")
+    spec = method(meth)
+    if spec.name not in methods:
+      raise AxjaxError(f"--hparams names {spec.name}, which is not among --methods")
+    out.setdefault(spec.name, {})[key] = value
+  return out

@@ -51,8 +51,27 @@ def steering(layer: int) -> Intervention:
   return Intervention(layer=layer, apply=_add_vector, name="addition")
 
 
+def _clamp_vector(params: PyTree, h: Array, ctx: InterventionContext) -> Array:
+  vector, factor = params["vector"], params["factor"]
+  chex.assert_rank(factor, {0, 1})
+  v = vector.astype(jnp.float32)
+  v = v[..., None, :] if v.ndim == 2 else v  # [B, 1, d] or [d]
+  hf = h.astype(jnp.float32)
+  latent = jax.nn.relu(jnp.sum(hf * v, axis=-1, keepdims=True))  # [B, T, 1]
+  target = jnp.asarray(factor, jnp.float32)[..., None, None] if vector.ndim == 2 else factor
+  return jnp.where(ctx.mask[..., None], hf - latent * v + target * v, h).astype(h.dtype)
+
+
+def clamping(layer: int) -> Intervention:
+  """AxBench's clamping: the positive part of h along v is replaced by `factor * v` (v of unit norm).
+
+  Params as for `steering`.
+  """
+  return Intervention(layer=layer, apply=_clamp_vector, name="clamping")
+
+
 def steering_params(vector: Array, factor: Array | float) -> dict[str, Array]:
-  """Params for `steering`, checked for shape."""
+  """Params for `steering` and `clamping`, checked for shape."""
   vector = jnp.asarray(vector)
   factor = jnp.asarray(factor, jnp.float32)
   chex.assert_rank(vector, {1, 2})

@@ -1,0 +1,1 @@
+"""Judges of steered generations: an OpenAI-compatible endpoint, a local axjax model, an offline proxy."""

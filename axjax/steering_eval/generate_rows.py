@@ -1,0 +1,96 @@
+"""Generates every steering row in fixed-shape compiled batches, each row with its own vector, strength and key.
+
+Finished batches are written to a shard folder as they complete, so a killed run resumes where it stopped.
+A row's key depends only on (seed, concept, factor, instruction): methods are compared on common random
+numbers, and neither batching nor resuming changes what a row samples.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from axjax import atomic_files
+from axjax.data.chat_format import prefix_length
+from axjax.evaluation.perplexity import continuation_perplexity
+from axjax.generation.decode import generate_tokens
+from axjax.generation.sampling import SamplingConfig
+from axjax.generation.text import encode_prompts, left_pad, stop_token_ids
+from axjax.loading.load import LoadedModel
+from axjax.model.interventions import clamping, steering, steering_params
+from axjax.steering_eval.protocol import SteeringProtocol
+
+COLUMNS = {"row_id": "int64", "generation": "object", "generated_tokens": "int32", "perplexity": "float64"}
+Progress = Callable[[int, int], None]
+
+
+def row_keys(seed: int, rows: pd.DataFrame) -> jax.Array:
+  """[N] sampling keys from (seed, concept_id, factor_index, instruction_id)."""
+  fold = jax.vmap(jax.random.fold_in)
+  keys = jnp.broadcast_to(jax.random.key(seed), (len(rows),))
+  for column in ("concept_id", "factor_index", "instruction_id"):
+    keys = fold(keys, jnp.asarray(rows[column].to_numpy(np.uint32)))
+  return keys
+
+
+def read_shards(shard_dir: str) -> pd.DataFrame:
+  """Every finished row in `shard_dir` (empty if none)."""
+  parts = [pd.read_parquet(p) for p in sorted(glob.glob(os.path.join(shard_dir, "part-*.parquet")))]
+  empty = pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in COLUMNS.items()})
+  return pd.concat([empty, *parts], ignore_index=True).astype(COLUMNS)
+
+
+def generate_rows(model: LoadedModel, rows: pd.DataFrame, vectors: np.ndarray, strengths: np.ndarray, *,
+                  layer: int, protocol: SteeringProtocol, seed: int, batch_size: int, shard_dir: str,
+                  length_bucket: int = 32, progress: Progress | None = None) -> pd.DataFrame:
+  """Generation, its token count and its perplexity under the unsteered model for every row (COLUMNS).
+
+  `rows` as from `steering_rows` (positional index), `vectors` [N, d] and `strengths` [N] from `row_vectors`.
+  """
+  tok = model.tokenizer
+  pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+  done = read_shards(shard_dir)
+  todo = np.flatnonzero(~rows["row_id"].isin(done["row_id"]).to_numpy())
+  if progress is not None:
+    progress(len(rows) - len(todo), len(rows))
+  if not len(todo):
+    return _ordered(done, rows)
+  prompts = dict(zip(rows["instruction"].unique(), encode_prompts(tok, list(rows["instruction"].unique()), True)))
+  encoded = [prompts[i] for i in rows["instruction"]]
+  todo = todo[np.lexsort((todo, [len(encoded[i]) for i in todo]))]  # short prompts together: little padding
+  keys = row_keys(seed, rows)
+  intervention = (steering if protocol.intervention == "addition" else clamping)(layer)
+  sampling = SamplingConfig(protocol.max_new_tokens, protocol.temperature)
+  skip = prefix_length(tok) if protocol.intervention == "clamping" else 0  # AxBench's clamping keeps the prefix
+  stops = stop_token_ids(tok)
+  finished = len(rows) - len(todo)
+  for start in range(0, len(todo), batch_size):
+    batch = todo[start:start + batch_size]
+    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch))])  # fixed batch shape
+    ids, mask = left_pad([encoded[i] for i in padded], pad_id, length_bucket)
+    steer_mask = mask & (np.cumsum(mask, axis=1) > skip)
+    out = generate_tokens(model.params, model.config, ids, mask, keys[padded], sampling, stops, pad_id,
+                          intervention, steering_params(vectors[padded], strengths[padded]), steer_mask)
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    generated = [tokens[j, :lengths[j]].tolist() for j in range(len(batch))]
+    perplexity = continuation_perplexity(model, [encoded[i] for i in batch], generated, batch_size=batch_size)
+    shard = pd.DataFrame({"row_id": rows["row_id"].to_numpy()[batch],
+                          "generation": [tok.decode(g, skip_special_tokens=True) for g in generated],
+                          "generated_tokens": lengths[:len(batch)].astype(np.int32), "perplexity": perplexity})
+    atomic_files.write_parquet(os.path.join(shard_dir, f"part-{int(shard['row_id'].min()):07d}.parquet"), shard)
+    done = pd.concat([done, shard], ignore_index=True)
+    finished += len(batch)
+    if progress is not None:
+      progress(finished, len(rows))
+  return _ordered(done, rows)
+
+
+def _ordered(done: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+  """The finished rows of `rows`, in row order."""
+  return rows[["row_id"]].merge(done, on="row_id", how="left", validate="one_to_one").astype(COLUMNS)

@@ -1,0 +1,59 @@
+"""The steering protocol's settings (AxBench's by default) and the two named profiles of the steer job."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from axjax.errors import AxjaxError
+
+AXBENCH_FACTORS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0)  # paper App. K
+INTERVENTIONS = ("addition", "clamping")
+
+
+@dataclasses.dataclass(frozen=True)
+class SteeringProtocol:
+  """What is generated: factor grid, instructions per concept and their select/test split, decoding."""
+
+  factors: tuple[float, ...] = AXBENCH_FACTORS
+  instructions_per_concept: int = 10
+  select_count: int = 5  # the first `select_count` drawn instructions choose the factor, the rest report it
+  max_new_tokens: int = 128
+  temperature: float = 1.0
+  intervention: str = "addition"  # h + factor * max_act * w, or AxBench's clamping
+
+  def __post_init__(self):
+    if not self.factors or len(set(self.factors)) != len(self.factors):
+      raise AxjaxError(f"steering factors must be a non-empty list without repeats, got {list(self.factors)}")
+    if not 0 < self.select_count < self.instructions_per_concept:
+      raise AxjaxError(f"the factor-selection split needs 0 < select_count < instructions per concept, got "
+                       f"{self.select_count} of {self.instructions_per_concept}")
+    if self.intervention not in INTERVENTIONS:
+      raise AxjaxError(f"unknown steering intervention {self.intervention!r}; expected one of {INTERVENTIONS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  """Defaults of `experiments.steer` that each flag may override."""
+
+  methods: tuple[str, ...]
+  max_concepts: int | None
+  protocol: SteeringProtocol
+
+
+PROFILES = {
+    # The whole AxBench protocol: every concept, the 14-factor grid, 10 instructions (5 select, 5 test).
+    "paper": Profile(("DiffMean", "PCA", "LAT", "LinearProbe", "ReFT-r1", "SSV"), None, SteeringProtocol()),
+    # Minutes on a 2-core CPU: three concepts, two closed-form methods, five factors, short generations. Its factors
+    # reach below AxBench's grid: the 270M model's max activations are inflated by one outlier dimension of its
+    # residual stream (~1.7e4 at layer 12), so AxBench's smallest factor, 0.2, already swamps the stream there.
+    "quick": Profile(("DiffMean", "PCA"), 3, SteeringProtocol(factors=(0.02, 0.05, 0.1, 0.2, 0.5),
+                                                               instructions_per_concept=4, select_count=2,
+                                                               max_new_tokens=48)),
+}
+
+
+def profile(name: str) -> Profile:
+  """The named profile, or one sentence listing the known ones."""
+  if name not in PROFILES:
+    raise AxjaxError(f"unknown profile {name!r}; expected one of {sorted(PROFILES)}")
+  return PROFILES[name]

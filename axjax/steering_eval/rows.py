@@ -1,0 +1,56 @@
+"""The steering job's rows: every (method, concept, factor, instruction) to generate, with its vector and key."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from axjax.dictionary import Dictionary
+from axjax.errors import AxjaxError
+from axjax.steering_eval.instructions import draw_instructions
+from axjax.steering_eval.protocol import SteeringProtocol
+
+
+def steering_rows(methods: Sequence[str], concepts: Sequence[tuple[int, str]], instructions: Sequence[str],
+                  protocol: SteeringProtocol) -> pd.DataFrame:
+  """One row per (method, concept, factor, instruction), in that nesting order, with a stable `row_id`.
+
+  Instructions are drawn per concept as AxBench draws them; the first `select_count` form the "select" split.
+  """
+  records = []
+  for method in methods:
+    for concept_id, concept in concepts:
+      drawn = draw_instructions(len(instructions), concept_id, protocol.instructions_per_concept)
+      for factor_index, factor in enumerate(protocol.factors):
+        for position, index in enumerate(drawn):
+          records.append((method, concept_id, concept, float(factor), factor_index, position, instructions[index],
+                          "select" if position < protocol.select_count else "test"))
+  rows = pd.DataFrame.from_records(records, columns=["method", "concept_id", "concept", "factor", "factor_index",
+                                                     "instruction_id", "instruction", "split"])
+  rows.insert(0, "row_id", np.arange(len(rows), dtype=np.int64))
+  return rows
+
+
+def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary]) -> tuple[np.ndarray, np.ndarray]:
+  """Each row's unit direction [N, d] as stored in its method's dictionary, and its strength [N] =
+  factor * the concept's max activation (AxBench's steering magnitude)."""
+  width = {d.hidden_size for d in dictionaries.values()}
+  if len(width) != 1:
+    raise AxjaxError(f"the dictionaries to steer with have different widths {sorted(width)}")
+  vectors = np.zeros((len(rows), width.pop()), np.float32)
+  strengths = np.zeros(len(rows), np.float32)
+  for method, group in rows.groupby("method", sort=False):
+    if method not in dictionaries:
+      raise AxjaxError(f"there is no dictionary for method {method!r} to steer with")
+    d = dictionaries[method]
+    index = np.asarray([d.index_of(int(c)) for c in group["concept_id"]])
+    max_act = d.max_activations[index]
+    if not np.isfinite(max_act).all():
+      missing = sorted({int(c) for c, m in zip(group["concept_id"], max_act) if not np.isfinite(m)})
+      raise AxjaxError(f"the {method} dictionary has no max activation for concepts {missing}; run detection "
+                       f"first (steering strength is factor x max activation)")
+    vectors[group.index] = d.weights[index]
+    strengths[group.index] = group["factor"].to_numpy(np.float32) * max_act
+  return vectors, strengths

@@ -1,0 +1,180 @@
+"""AxBench's whole protocol in one job: train dictionaries, detect, steer, judge, select factors, report.
+
+  python -m experiments.steer                       # quick profile on the embedded Gemma 3 270M (CPU minutes)
+  python -m experiments.steer --profile=paper --model=/ckpt/gemma-2-2b-it --layer=20 \\
+      --judge=openai --judge_model=gpt-4o-mini     # the paper-scale protocol, on a GPU or TPU
+
+Writes into --output_dir: run.json, dictionaries/<method>/ and detection/<method>.json (as experiments.detect),
+steering/rows.parquet (what is generated), steering/generations/part-*.parquet (finished batches),
+steering/generations.parquet, steering/ratings.parquet, results.json, report.md and PNG plots. Rerunning the
+same command resumes: finished methods, batches and judge replies (cached on disk) are not redone.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+import numpy as np
+import pandas as pd
+
+import axjax
+from axjax import atomic_files
+from axjax.data.axbench_format import read_axbench
+from axjax.errors import AxjaxError
+from axjax.judges.base import ASPECTS, Judge, RatingRequest
+from axjax.judges.local_judge import LocalJudge
+from axjax.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
+from axjax.judges.proxy import ProxyJudge
+from axjax.loading.tokenizer import cache_dir
+from axjax.methods import registry
+from axjax.methods.detection_run import check_run, read_reusable, run_detection, seed_results
+from axjax.methods.fit import ActivationCache
+from axjax.steering_eval.generate_rows import generate_rows
+from axjax.steering_eval.instructions import read_instructions
+from axjax.steering_eval.protocol import PROFILES, SteeringProtocol, profile
+from axjax.steering_eval.report import write_report
+from axjax.steering_eval.rows import row_vectors, steering_rows
+from experiments import cli
+
+_PROFILE = flags.DEFINE_enum("profile", "quick", sorted(PROFILES),
+                             "quick: 3 concepts, 2 methods, 5 factors, 4 instructions, 48 tokens (CPU minutes); "
+                             "paper: AxBench's full protocol. Other flags override the profile's values.")
+_MODEL = flags.DEFINE_string("model", axjax.EMBEDDED_MODEL, "HF checkpoint folder, .gguf file or 'gemma-3-270m'.")
+_DATA = flags.DEFINE_string("data", "concept10/prod_2b_l20_v1",
+                            "A shipped AxBench dataset name (see axjax.data.builtin_datasets()) or a folder path.")
+_LAYER = flags.DEFINE_integer("layer", 12, "Decoder layer whose output (residual stream) is read and steered.")
+_METHODS = flags.DEFINE_list("methods", None, f"Methods (default: the profile's), from: {', '.join(registry.METHODS)}.")
+_MAX_CONCEPTS = flags.DEFINE_integer("max_concepts", None, "Use only the first N concepts (default: the profile's).")
+_FACTORS = flags.DEFINE_list("factors", None, "Steering factors (default: the profile's; paper: AxBench's 14).")
+_NUM_INSTRUCTIONS = flags.DEFINE_integer("num_instructions", None,
+                                         "Instructions per concept; the first half selects the factor.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Tokens generated per row (default: the profile's).")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature of steered generation (AxBench: 1.0).")
+_INTERVENTION = flags.DEFINE_enum("intervention", "addition", ["addition", "clamping"],
+                                  "addition: h + factor*max_act*w; clamping: the part of h along w set to that.")
+_INSTRUCTIONS = flags.DEFINE_string("instructions", None,
+                                    "Instructions file (.jsonl/.json with 'instruction', or one per line); "
+                                    "default AlpacaEval's 805 (CC BY-NC 4.0).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Rows generated per compiled batch.")
+_BASELINE = flags.DEFINE_string("baseline", None, "Method the win rates compare against (default: the first).")
+_JUDGE = flags.DEFINE_enum("judge", "proxy", ["proxy", "openai", "local"],
+                           "proxy: offline embedding+perplexity proxy (labelled as such); openai: any "
+                           "OpenAI-compatible endpoint; local: an instruction-tuned model run by axjax.")
+_JUDGE_MODEL = flags.DEFINE_string("judge_model", "gpt-4o-mini",
+                                   "openai: the model name; local: the checkpoint folder or .gguf of an -it Gemma.")
+_JUDGE_URL = flags.DEFINE_string("judge_base_url", "https://api.openai.com/v1",
+                                 "openai: the endpoint up to the API version, e.g. http://localhost:8000/v1.")
+_JUDGE_KEY_ENV = flags.DEFINE_string("judge_api_key_env", "OPENAI_API_KEY", "openai: the variable holding the key.")
+_JUDGE_CONCURRENCY = flags.DEFINE_integer("judge_concurrency", 16, "openai: requests in flight at once.")
+_JUDGE_CACHE = flags.DEFINE_string("judge_cache", None,
+                                   "Judge reply cache (sqlite; default $AXJAX_CACHE/judge_replies.sqlite).")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Results folder (default checkpoints/steer-<profile>-<data>-l<layer>).")
+_DICTIONARIES = flags.DEFINE_string("dictionaries", None,
+                                    "Steer with the dictionaries of an earlier experiments.detect/steer results folder "
+                                    "instead of training them (they must fit --model and --layer).")
+_HPARAMS = flags.DEFINE_list("hparams", [], "Method overrides as Method.name=value, e.g. ReFT-r1.n_epochs=1.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for training, sampling and the bootstrap.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model dtype.")
+
+
+def protocol_from_flags(base: SteeringProtocol) -> SteeringProtocol:
+  """The profile's protocol with the flags that were given applied (and checked)."""
+  changes = {}
+  if _FACTORS.value is not None:
+    try:
+      changes["factors"] = tuple(float(f) for f in _FACTORS.value)
+    except ValueError:
+      raise AxjaxError(f"--factors must be numbers, got {_FACTORS.value}") from None
+  if _NUM_INSTRUCTIONS.value is not None:
+    changes.update(instructions_per_concept=_NUM_INSTRUCTIONS.value, select_count=_NUM_INSTRUCTIONS.value // 2)
+  if _MAX_NEW.value is not None:
+    changes["max_new_tokens"] = _MAX_NEW.value
+  changes.update(temperature=_TEMPERATURE.value, intervention=_INTERVENTION.value)
+  return SteeringProtocol(**{**base.__dict__, **changes})
+
+
+def make_judge(perplexity_of: dict[tuple[str, str], float]) -> Judge:
+  """The judge the flags ask for; the proxy reads fluency off the perplexities computed at generation."""
+  cache = _JUDGE_CACHE.value or os.path.join(cache_dir(), "judge_replies.sqlite")
+  if _JUDGE.value == "openai":
+    return OpenAIJudge(OpenAIJudgeConfig(model=_JUDGE_MODEL.value, base_url=_JUDGE_URL.value, cache_path=cache,
+                                         api_key_env=_JUDGE_KEY_ENV.value, concurrency=_JUDGE_CONCURRENCY.value))
+  if _JUDGE.value == "local":
+    return LocalJudge(axjax.load(_JUDGE_MODEL.value, _DTYPE.value), cache)
+  return ProxyJudge(lambda requests: np.array([perplexity_of[(r.instruction, r.generation)] for r in requests]))
+
+
+def main(argv):
+  del argv
+  prof = profile(_PROFILE.value)
+  methods = [registry.method(m).name for m in (_METHODS.value or prof.methods)]
+  overrides = registry.parse_overrides(_HPARAMS.value, methods)
+  baseline = _BASELINE.value or methods[0]
+  if baseline not in methods:
+    raise AxjaxError(f"--baseline {baseline} is not among --methods {methods}")
+  protocol = protocol_from_flags(prof.protocol)
+  max_concepts = _MAX_CONCEPTS.value if _MAX_CONCEPTS.value is not None else prof.max_concepts
+  data = read_axbench(_DATA.value, max_concepts=max_concepts)  # all input checked before any model work
+  instructions = read_instructions(_INSTRUCTIONS.value)
+  perplexity_of: dict[tuple[str, str], float] = {}
+  judge = make_judge(perplexity_of)
+  judge.check()
+  output = _OUTPUT.value or os.path.join(
+      "checkpoints", f"steer-{_PROFILE.value}-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
+  model = axjax.load(_MODEL.value, _DTYPE.value)
+  model.config.check_layer(_LAYER.value)
+  for name in methods:
+    registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
+  settings = {"model": model.name, "data": _DATA.value, "layer": _LAYER.value, "seed": _SEED.value,
+              "dtype": _DTYPE.value, "methods": methods, "hparams": _HPARAMS.value,
+              "concept_ids": [c.concept_id for c in data.concepts], "instructions": _INSTRUCTIONS.value,
+              "dictionaries": _DICTIONARIES.value,
+              "protocol": {k: list(v) if isinstance(v, tuple) else v for k, v in protocol.__dict__.items()},
+              "judge": judge.name}
+  reusable = {} if not _DICTIONARIES.value else read_reusable(
+      _DICTIONARIES.value, methods, hidden_size=model.config.hidden_size, layer=_LAYER.value, model_name=model.name)
+  check_run(output, settings)
+  seed_results(output, reusable)
+  progress = cli.progress_bars()
+
+  cache = ActivationCache(model, data, _LAYER.value, progress)
+  reports, dictionaries = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
+                                        imbalance_factor=100, log=lambda line: print(line, flush=True))
+  del cache  # the activations are not needed for steering
+
+  rows = steering_rows(methods, [(c.concept_id, c.name) for c in data.concepts], instructions, protocol)
+  atomic_files.write_parquet(os.path.join(output, "steering", "rows.parquet"), rows)
+  vectors, strengths = row_vectors(rows, dictionaries)
+  generations = generate_rows(model, rows, vectors, strengths, layer=_LAYER.value, protocol=protocol,
+                              seed=_SEED.value, batch_size=_BATCH.value,
+                              shard_dir=os.path.join(output, "steering", "generations"),
+                              progress=lambda done, total: progress("steered generation", done, total))
+  atomic_files.write_parquet(os.path.join(output, "steering", "generations.parquet"), generations)
+  table = rows.merge(generations, on="row_id", validate="one_to_one")
+  perplexity_of.update(zip(zip(table["instruction"], table["generation"]), table["perplexity"]))
+
+  ratings = judge.rate([RatingRequest(c, i, g) for c, i, g in zip(table["concept"], table["instruction"],
+                                                                    table["generation"])],
+                       progress=lambda done, total: progress(f"judge ({judge.name})", done, total))
+  for column, aspect in enumerate(ASPECTS):
+    table[f"{aspect}_rating"] = ratings[:, column].astype(np.int64)
+  atomic_files.write_parquet(os.path.join(output, "steering", "ratings.parquet"),
+                             table[["row_id"] + [f"{a}_rating" for a in ASPECTS]].assign(judge=judge.name))
+  results = write_report(output, table, judge_name=judge.name, judge_is_proxy=judge.is_proxy,
+                         judge_usage=judge.usage(), baseline=baseline, detection=reports, settings=settings)
+  print(_summary_lines(results, output), flush=True)
+
+
+def _summary_lines(results: dict, output: str) -> str:
+  """The per-method held-out scores, for the terminal."""
+  proxy = " (offline PROXY judge, not comparable to the paper)" if results["judge"]["is_proxy"] else ""
+  lines = [f"\nSteering score, held-out instructions at each concept's best factor{proxy}:"]
+  for entry in results["summary"]:
+    lines.append(f"  {entry['method']:<12} {entry['score']:.3f}  [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]")
+  lines.append(f"Report: {os.path.join(output, 'report.md')}")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  cli.run(main)

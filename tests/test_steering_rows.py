@@ -1,0 +1,88 @@
+"""The steering job's rows: AxBench's instruction draw and split, strengths factor x max_act, bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from axjax.dictionary import Dictionary
+from axjax.errors import AxjaxError
+from axjax.steering_eval.instructions import draw_instructions, read_instructions
+from axjax.steering_eval.protocol import AXBENCH_FACTORS, SteeringProtocol, profile
+from axjax.steering_eval.rows import row_vectors, steering_rows
+
+
+def test_draw_is_axbench_pandas_sample():
+  frame = pd.DataFrame({"i": range(805)})
+  for concept_id in (0, 3, 41, 499):
+    want = frame.sample(10, random_state=concept_id)["i"].to_numpy()
+    np.testing.assert_array_equal(draw_instructions(805, concept_id, 10), want)
+
+
+def test_rows_cross_methods_concepts_factors_and_instructions():
+  instructions = [f"instruction {i}" for i in range(30)]
+  protocol = SteeringProtocol(factors=(0.5, 2.0), instructions_per_concept=4, select_count=2)
+  rows = steering_rows(["DiffMean", "PCA"], [(3, "cats"), (7, "rain")], instructions, protocol)
+  assert len(rows) == 2 * 2 * 2 * 4
+  np.testing.assert_array_equal(rows["row_id"], np.arange(len(rows)))
+  cats = rows[(rows.method == "PCA") & (rows.concept_id == 3) & (rows.factor == 2.0)]
+  drawn = draw_instructions(30, 3, 4)
+  assert cats["instruction"].tolist() == [instructions[i] for i in drawn]
+  assert cats["split"].tolist() == ["select", "select", "test", "test"]
+  assert cats["instruction_id"].tolist() == [0, 1, 2, 3] and set(cats["factor_index"]) == {1}
+  assert set(rows[rows.concept_id == 7]["concept"]) == {"rain"}
+
+
+def dictionary(method, ids, max_acts, width=4):
+  weights = np.eye(len(ids), width, dtype=np.float32)
+  return Dictionary(weights=weights, biases=np.zeros(len(ids)), concept_ids=ids, concept_names=[str(i) for i in ids],
+                    method=method, model_name="m", layer=1, max_activations=max_acts)
+
+
+def test_row_vectors_scale_each_concepts_direction_by_factor_times_max_act():
+  protocol = SteeringProtocol(factors=(0.5, 2.0), instructions_per_concept=2, select_count=1)
+  rows = steering_rows(["DiffMean"], [(7, "b"), (3, "a")], ["x", "y", "z"], protocol)
+  vectors, strengths = row_vectors(rows, {"DiffMean": dictionary("DiffMean", [3, 7], [10.0, 100.0])})
+  for i, row in rows.iterrows():
+    index = [3, 7].index(row.concept_id)
+    np.testing.assert_array_equal(vectors[i], np.eye(2, 4)[index])
+    assert strengths[i] == row.factor * [10.0, 100.0][index]
+
+
+def test_row_vectors_refuse_missing_dictionary_or_max_act():
+  protocol = SteeringProtocol(factors=(1.0,), instructions_per_concept=2, select_count=1)
+  rows = steering_rows(["PCA"], [(3, "a")], ["x", "y"], protocol)
+  with pytest.raises(AxjaxError, match="there is no dictionary for method 'PCA' to steer with"):
+    row_vectors(rows, {"DiffMean": dictionary("DiffMean", [3], [1.0])})
+  with pytest.raises(AxjaxError, match=r"the PCA dictionary has no max activation for concepts \[3\]; run detection"):
+    row_vectors(rows, {"PCA": dictionary("PCA", [3], None)})
+
+
+def test_instruction_files_and_their_errors(tmp_path):
+  assert len(read_instructions(None)) == 805
+  (tmp_path / "a.jsonl").write_text('{"instruction": "one"}\n\n{"instruction": "two"}\n')
+  (tmp_path / "b.json").write_text(json.dumps([{"instruction": "three"}]))
+  (tmp_path / "c.txt").write_text("four\nfive\n")
+  assert read_instructions(str(tmp_path / "a.jsonl")) == ("one", "two")
+  assert read_instructions(str(tmp_path / "b.json")) == ("three",)
+  assert read_instructions(str(tmp_path / "c.txt")) == ("four", "five")
+  (tmp_path / "d.jsonl").write_text('{"prompt": "x"}\n')
+  with pytest.raises(AxjaxError, match="is not a list of records with an 'instruction' field"):
+    read_instructions(str(tmp_path / "d.jsonl"))
+  with pytest.raises(AxjaxError, match="does not exist"):
+    read_instructions(str(tmp_path / "missing.jsonl"))
+  with pytest.raises(AxjaxError, match="10 instructions per concept were asked for but the instruction set has only 2"):
+    draw_instructions(2, 0, 10)
+
+
+def test_protocol_and_profiles_check_their_settings():
+  assert profile("paper").protocol.factors == AXBENCH_FACTORS and profile("paper").max_concepts is None
+  with pytest.raises(AxjaxError, match="unknown profile 'huge'"):
+    profile("huge")
+  with pytest.raises(AxjaxError, match="needs 0 < select_count < instructions per concept, got 4 of 4"):
+    SteeringProtocol(instructions_per_concept=4, select_count=4)
+  with pytest.raises(AxjaxError, match="unknown steering intervention 'ablate'"):
+    SteeringProtocol(intervention="ablate")
+  with pytest.raises(AxjaxError, match="without repeats"):
+    SteeringProtocol(factors=(1.0, 1.0))
