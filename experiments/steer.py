@@ -12,6 +12,7 @@ same command resumes: finished methods, batches and judge replies (cached on dis
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import flags
@@ -91,7 +92,7 @@ def protocol_from_flags(base: SteeringProtocol) -> SteeringProtocol:
   if _MAX_NEW.value is not None:
     changes["max_new_tokens"] = _MAX_NEW.value
   changes.update(temperature=_TEMPERATURE.value, intervention=_INTERVENTION.value)
-  return SteeringProtocol(**{**base.__dict__, **changes})
+  return dataclasses.replace(base, **changes)
 
 
 def make_judge(perplexity_of: dict[tuple[str, str], float]) -> Judge:
@@ -130,7 +131,7 @@ def main(argv):
               "dtype": _DTYPE.value, "methods": methods, "hparams": _HPARAMS.value,
               "concept_ids": [c.concept_id for c in data.concepts], "instructions": _INSTRUCTIONS.value,
               "dictionaries": _DICTIONARIES.value,
-              "protocol": {k: list(v) if isinstance(v, tuple) else v for k, v in protocol.__dict__.items()},
+              "protocol": dataclasses.asdict(protocol),
               "judge": judge.name}
   reusable = {} if not _DICTIONARIES.value else read_reusable(
       _DICTIONARIES.value, methods, hidden_size=model.config.hidden_size, layer=_LAYER.value, model_name=model.name)

@@ -94,3 +94,26 @@ def test_bad_input_fails_fast_with_one_sentence(tiny_with_tokenizer, tmp_path, f
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-500:]
   assert not (tmp_path / "x" / "steering").exists()
+
+
+@pytest.mark.parametrize("width, model_name, message", [
+    (64, "gemma-2-2b", "was trained on model 'gemma-2-2b', not "),
+    (32, None, "has width 32 but the model's hidden size is 64"),
+])
+def test_dictionary_of_another_model_is_refused(tiny_with_tokenizer, tmp_path, width, model_name, message):
+  import numpy as np
+
+  import axjax
+
+  name = model_name or axjax.load(tiny_with_tokenizer).name
+  for method in ("DiffMean", "PCA"):
+    axjax.save_dictionary(tmp_path / "earlier" / "dictionaries" / method, axjax.Dictionary(
+        weights=np.ones((2, width), np.float32), biases=np.zeros(2), concept_ids=[0, 1], concept_names=["a", "b"],
+        method=method, model_name=name, layer=1))
+  with StubServer() as server:
+    result = steer(*command(tiny_with_tokenizer, tmp_path / "x", server.url, tmp_path / "c.sqlite"),
+                   f"--dictionaries={tmp_path / 'earlier'}", timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: dictionary {tmp_path / 'earlier' / 'dictionaries' / 'DiffMean'}") and message in last
+  assert not (tmp_path / "x").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from axjax.errors import AxjaxError
@@ -64,7 +65,7 @@ def generate_text(model: LoadedModel, prompts: Sequence[str], *, sampling: Sampl
     n = len(rows)
     rows = rows + [rows[-1]] * (batch_size - n)  # fixed batch shape: pad with copies, dropped below
     row_keys = keys[start:start + n]
-    row_keys = jax.numpy.concatenate([row_keys, jax.numpy.repeat(row_keys[-1:], batch_size - n)])
+    row_keys = jnp.concatenate([row_keys, jnp.repeat(row_keys[-1:], batch_size - n)])
     ids, mask = left_pad(rows, pad_id, length_bucket)
     params = None
     if intervention_params is not None:

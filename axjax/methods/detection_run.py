@@ -6,6 +6,7 @@ activations and thresholds), detection/<method>.json (AxBench's metrics), run.js
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Mapping, Sequence
 
@@ -18,6 +19,7 @@ from axjax.methods.fit import ActivationCache, fit_method
 
 def check_run(output_dir: str, settings: dict) -> None:
   """Refuses to resume into a folder written with other settings; records them otherwise."""
+  settings = json.loads(json.dumps(settings))  # compared as stored: tuples become lists
   path = os.path.join(output_dir, "run.json")
   if os.path.exists(path):
     previous = atomic_files.read_json(path)

@@ -61,7 +61,8 @@ def generate_rows(model: LoadedModel, rows: pd.DataFrame, vectors: np.ndarray, s
     progress(len(rows) - len(todo), len(rows))
   if not len(todo):
     return _ordered(done, rows)
-  prompts = dict(zip(rows["instruction"].unique(), encode_prompts(tok, list(rows["instruction"].unique()), True)))
+  unique = list(rows["instruction"].unique())
+  prompts = dict(zip(unique, encode_prompts(tok, unique, True)))
   encoded = [prompts[i] for i in rows["instruction"]]
   todo = todo[np.lexsort((todo, [len(encoded[i]) for i in todo]))]  # short prompts together: little padding
   keys = row_keys(seed, rows)
