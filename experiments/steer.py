@@ -39,7 +39,7 @@ from axjax.steering_eval.rows import row_vectors, steering_rows
 from experiments import cli
 
 _PROFILE = flags.DEFINE_enum("profile", "quick", sorted(PROFILES),
-                             "quick: 3 concepts, 2 methods, 5 factors, 4 instructions, 48 tokens (CPU minutes); "
+                             "quick: 3 concepts, 2 methods, 5 factors, 4 instructions, 128 tokens (CPU minutes); "
                              "paper: AxBench's full protocol. Other flags override the profile's values.")
 _MODEL = flags.DEFINE_string("model", axjax.EMBEDDED_MODEL, "HF checkpoint folder, .gguf file or 'gemma-3-270m'.")
 _DATA = flags.DEFINE_string("data", "concept10/prod_2b_l20_v1",

@@ -48,7 +48,7 @@ PROFILES = {
     # residual stream (~1.7e4 at layer 12), so AxBench's smallest factor, 0.2, already swamps the stream there.
     "quick": Profile(("DiffMean", "PCA"), 3, SteeringProtocol(factors=(0.02, 0.05, 0.1, 0.2, 0.5),
                                                                instructions_per_concept=4, select_count=2,
-                                                               max_new_tokens=48)),
+                                                               max_new_tokens=128)),
 }
 
 
