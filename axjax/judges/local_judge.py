@@ -59,9 +59,9 @@ class LocalJudge:
       self._usage["generated"] += len(batch)
     if progress is not None:
       progress(len(unique), len(unique))
-    ratings = {p: rubrics.parse_rating(replies[p]) for p in unique}
-    self._usage["malformed"] += sum(r is None for r in ratings.values())
-    return np.array([[ratings[p] or 0 for p in row] for row in rows], np.int8).reshape(len(rows), 3)
+    matrix, malformed = rubrics.rating_matrix(rows, replies)
+    self._usage["malformed"] += malformed
+    return matrix
 
   def usage(self) -> dict[str, int]:
     """generated (new replies), cached and malformed (rated 0) prompts."""

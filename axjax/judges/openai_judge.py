@@ -113,9 +113,9 @@ class OpenAIJudge:
     missing = [p for p in unique if p not in replies]
     if missing:
       self._ask_all(missing, replies, progress, len(unique))
-    ratings = {p: rubrics.parse_rating(replies[p]) for p in unique}
-    self._count(malformed=sum(r is None for r in ratings.values()))
-    return np.array([[ratings[p] or 0 for p in row] for row in rows], np.int8).reshape(len(rows), 3)
+    matrix, malformed = rubrics.rating_matrix(rows, replies)
+    self._count(malformed=malformed)
+    return matrix
 
   def usage(self) -> dict[str, int]:
     """calls (HTTP requests sent, retries included), cached, malformed (rated 0) and the tokens of new replies."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from axjax.judges.base import RatingRequest
 
 _ANSWER_FORMAT = """First explain your judgement in two or three sentences. Then give your rating on a line of its \
@@ -79,3 +81,11 @@ def parse_rating(reply: str) -> int | None:
   if not found or found[-1] not in ("0", "1", "2"):
     return None
   return int(found[-1])
+
+
+def rating_matrix(rows: list[tuple[str, str, str]], replies: dict[str, str]) -> tuple[np.ndarray, int]:
+  """int8 [len(rows), 3] ratings of each row's three prompts from the replies (unparseable ones 0, as AxBench),
+  and how many distinct replies were unparseable."""
+  ratings = {p: parse_rating(replies[p]) for p in dict.fromkeys(p for row in rows for p in row)}
+  matrix = np.array([[ratings[p] or 0 for p in row] for row in rows], np.int8).reshape(len(rows), 3)
+  return matrix, sum(r is None for r in ratings.values())
