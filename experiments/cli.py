@@ -8,17 +8,26 @@ from typing import Callable
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
+from axjax import atomic_files
 from axjax.errors import AxjaxError
+
+# The flag every experiment that writes results names its results folder with.
+OUTPUT_DIR_FLAG = "output_dir"
 
 
 def run(main: Callable[[list[str]], None]) -> None:
   """Runs an absl `main`; an AxjaxError becomes one sentence on stderr instead of a traceback.
 
+  A program defining `--output_dir` has a given folder checked first (usable or creatable; nothing is created),
+  so a bad output path fails before any data or model loading. Folders are created by `axjax.atomic_files`,
+  which raises AxjaxError too, so a default or later-made output folder fails in one sentence as well.
   Logging defaults to warnings and errors (Orbax logs every save step at INFO); --verbosity=0 shows INFO.
   """
   def quiet_main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # absl's app.run ignores a changed default of this flag
+    if OUTPUT_DIR_FLAG in flags.FLAGS and flags.FLAGS[OUTPUT_DIR_FLAG].value:
+      atomic_files.check_output_dir(flags.FLAGS[OUTPUT_DIR_FLAG].value)
     main(argv)
 
   try:

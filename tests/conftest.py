@@ -1,16 +1,47 @@
-"""Shared fixtures: tiny random Hugging Face Gemma checkpoints (PyTorch reference) and the embedded model."""
+"""Shared fixtures: tiny random Hugging Face Gemma checkpoints (PyTorch reference) and the embedded model.
+
+PyTorch is optional: only the fixtures and helpers that build the tiny reference models import it (through
+`pytest.importorskip`, so the tests using them skip without it); every other test runs without torch.
+`transformers` is a runtime dependency of axjax (tokenizers, configs) and is imported freely.
+
+`AXJAX_TEST_HIDE_TORCH=1 python -m pytest ...` runs the tests as on a machine without PyTorch: every import
+finder answers "not found" for torch. (Setting sys.modules["torch"] = None is not the same: scipy's array-API
+helpers read that entry whenever the key exists, so importing scikit-learn fails.)
+"""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class _HideTorch:
+  """Wraps one import finder so that it never finds torch or its submodules."""
+
+  def __init__(self, finder):
+    self.finder = finder
+
+  def find_spec(self, name, path=None, target=None):
+    if name == "torch" or name.startswith("torch."):
+      return None
+    find = getattr(self.finder, "find_spec", None)
+    return find(name, path, target) if find else None
+
+  def __getattr__(self, attr):
+    return getattr(self.finder, attr)
+
+
+if os.environ.get("AXJAX_TEST_HIDE_TORCH") == "1":
+  if "torch" in sys.modules:
+    raise RuntimeError("AXJAX_TEST_HIDE_TORCH=1, but torch was imported before tests/conftest.py")
+  sys.meta_path[:] = [_HideTorch(f) for f in sys.meta_path]
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import transformers
 
-import axjax  # noqa: E402
+import axjax
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=7, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
@@ -39,7 +70,11 @@ def tiny_hf_config(model_type: str, gguf_representable: bool = False):
 
 
 def tiny_hf_model(model_type: str, gguf_representable: bool = False):
-  """A random float32 HF model; norm weights are randomised too so the (1 + w) convention is exercised."""
+  """A random float32 HF model; norm weights are randomised too so the (1 + w) convention is exercised.
+
+  Skips the calling test when PyTorch is not installed.
+  """
+  torch = pytest.importorskip("torch")
   torch.manual_seed(0)
   config = tiny_hf_config(model_type, gguf_representable)
   model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
@@ -86,6 +121,7 @@ def padded_batch(rng: np.random.Generator, vocab: int, lengths, width: int):
 @pytest.fixture(scope="session")
 def tiny_with_tokenizer(tmp_path_factory):
   """A tiny random Gemma 3 with the real 262k vocabulary and the embedded model's tokenizer: fast CLI runs."""
+  torch = pytest.importorskip("torch")
   from axjax.loading.load import embedded_gguf_path
   from axjax.loading.tokenizer import gguf_tokenizer
 

@@ -4,7 +4,7 @@ import json
 import os
 
 import numpy as np
-import torch
+import pytest
 
 import axjax
 from conftest import WINDOW, padded_batch
@@ -12,6 +12,7 @@ from conftest import WINDOW, padded_batch
 
 def reference(model, ids, mask):
   """HF logits and the output of every decoder layer (forward hooks, as AxBench reads them)."""
+  torch = pytest.importorskip("torch")  # only the reference needs PyTorch; the config tests run without it
   outs = []
   hooks = [layer.register_forward_hook(lambda m, i, o: outs.append((o[0] if isinstance(o, tuple) else o).numpy()))
            for layer in model.model.layers]
