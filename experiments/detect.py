@@ -18,7 +18,7 @@ from axjax import atomic_files
 from axjax.data.axbench_format import read_axbench
 from axjax.methods import registry
 from axjax.methods.detection_run import check_run, run_detection, summary_table
-from axjax.methods.fit import ActivationCache
+from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache
 from experiments import cli
 
 _MODEL = flags.DEFINE_string("model", axjax.EMBEDDED_MODEL, "HF checkpoint folder, .gguf file or 'gemma-3-270m'.")
@@ -34,6 +34,10 @@ _IMBALANCE = flags.DEFINE_integer("imbalance_factor", 100,
                                   "Negatives per positive in the imbalanced F1 setting (capped by the data).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for data order, initialisation and LAT's pairing.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model dtype.")
+_DEAD_REMEDY = flags.DEFINE_enum(
+    "dead_latent_remedy", "none", list(DEAD_LATENT_REMEDIES),
+    "ReFT-r1/SSV concepts whose ReLU latent never fired in the last training epoch: 'none' keeps them (AxBench); "
+    "'diffmean' retrains them from their DiffMean direction.")
 
 
 def main(argv):
@@ -51,6 +55,7 @@ def main(argv):
                      "concept_ids": [c.concept_id for c in data.concepts]})
   cache = ActivationCache(model, data, _LAYER.value, cli.progress_bars())
   reports, _ = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
+                             dead_latent_remedy=_DEAD_REMEDY.value,
                              imbalance_factor=_IMBALANCE.value, log=lambda line: print(line, flush=True))
   atomic_files.write_json(os.path.join(output, "detection.json"), reports)
   table = summary_table(reports, {c.concept_id: c.name for c in data.concepts})

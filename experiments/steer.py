@@ -30,7 +30,7 @@ from axjax.judges.proxy import ProxyJudge
 from axjax.loading.tokenizer import cache_dir
 from axjax.methods import registry
 from axjax.methods.detection_run import check_run, read_reusable, run_detection, seed_results
-from axjax.methods.fit import ActivationCache
+from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache
 from axjax.steering_eval.generate_rows import generate_rows
 from axjax.steering_eval.instructions import read_instructions
 from axjax.steering_eval.protocol import PROFILES, SteeringProtocol, profile
@@ -77,6 +77,10 @@ _DICTIONARIES = flags.DEFINE_string("dictionaries", None,
 _HPARAMS = flags.DEFINE_list("hparams", [], "Method overrides as Method.name=value, e.g. ReFT-r1.n_epochs=1.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for training, sampling and the bootstrap.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model dtype.")
+_DEAD_REMEDY = flags.DEFINE_enum(
+    "dead_latent_remedy", "none", list(DEAD_LATENT_REMEDIES),
+    "ReFT-r1/SSV concepts whose ReLU latent never fired in the last training epoch: 'none' keeps them (AxBench); "
+    "'diffmean' retrains them from their DiffMean direction.")
 
 
 def protocol_from_flags(base: SteeringProtocol) -> SteeringProtocol:
@@ -141,7 +145,8 @@ def main(argv):
 
   cache = ActivationCache(model, data, _LAYER.value, progress)
   reports, dictionaries = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
-                                        imbalance_factor=100, log=lambda line: print(line, flush=True))
+                                       dead_latent_remedy=_DEAD_REMEDY.value,
+                                       imbalance_factor=100, log=lambda line: print(line, flush=True))
   del cache  # the activations are not needed for steering
 
   rows = steering_rows(methods, [(c.concept_id, c.name) for c in data.concepts], instructions, protocol)

@@ -29,6 +29,7 @@ def setup(tiny_gemma3):
       "loss_positions": loss_positions, "loss_valid": np.ones((U, P), np.float32),
       "label": (np.arange(U) % 2).astype(np.int32),
   }
+  examples["pad_acts"] = examples["acts"][np.arange(U), np.minimum(lengths, T - 1)]
   return lm, {k: jnp.asarray(v) for k, v in examples.items()}
 
 
@@ -51,9 +52,9 @@ def test_joint_equals_one_concept_at_a_time(setup, method):
   cfg = OptimConfig(lr=0.01, total_steps=4, clip_norm=1.0 if method == "reft_r1" else None,
                     unit_norm_key=None if method == "ssv" else "w")
   init = {"w": jnp.full((C, lm.config.hidden_size), 0.01)}
-  joint = train_jointly(cfg, loss, init, examples, schedule(range(C)), frozen=lm.params)["w"]
+  joint = train_jointly(cfg, loss, init, examples, schedule(range(C)), frozen=lm.params)[0]["w"]
   for c in range(C):
-    alone = train_jointly(cfg, loss, {"w": init["w"][c:c + 1]}, examples, schedule([c]), frozen=lm.params)["w"]
+    alone = train_jointly(cfg, loss, {"w": init["w"][c:c + 1]}, examples, schedule([c]), frozen=lm.params)[0]["w"]
     np.testing.assert_allclose(np.asarray(joint[c]), np.asarray(alone[0]), rtol=1e-5, atol=1e-6)
   assert np.abs(np.asarray(joint) - 0.01).max() > 1e-3  # training moved the parameters
 
@@ -73,7 +74,8 @@ def test_reft_r1_loss_equals_full_forward_with_the_intervention(setup):
   batch = {k: v[rows] for k, v in examples.items()}
   batch["weight"] = jnp.ones(4)
   w = jax.random.normal(jax.random.key(0), (lm.config.hidden_size,)) * 0.3
-  got = ReftR1Objective(UpperModel(lm.config, LAYER), topk=3, coeff_l1=0.0)({"w": w}, batch, 0.0, lm.params)
+  got, _ = ReftR1Objective(UpperModel(lm.config, LAYER), topk=3, coeff_l1=0.0, pad_in_topk=False)(
+      {"w": w}, batch, 0.0, lm.params)
 
   def apply(p, h, ctx):
     latent = jax.nn.relu(h @ p)

@@ -50,13 +50,24 @@ def test_row_vectors_scale_each_concepts_direction_by_factor_times_max_act():
     assert strengths[i] == row.factor * [10.0, 100.0][index]
 
 
-def test_row_vectors_refuse_missing_dictionary_or_max_act():
+def test_row_vectors_refuse_a_missing_dictionary():
   protocol = SteeringProtocol(factors=(1.0,), instructions_per_concept=2, select_count=1)
   rows = steering_rows(["PCA"], [(3, "a")], ["x", "y"], protocol)
   with pytest.raises(AxjaxError, match="there is no dictionary for method 'PCA' to steer with"):
     row_vectors(rows, {"DiffMean": dictionary("DiffMean", [3], [1.0])})
-  with pytest.raises(AxjaxError, match=r"the PCA dictionary has no max activation for concepts \[3\]; run detection"):
-    row_vectors(rows, {"PCA": dictionary("PCA", [3], None)})
+
+
+def test_axbench_magnitude_rule_for_dead_or_missing_max_activations():
+  """AxBench's pre_compute_mean_activations: max_act <= 0 becomes 50, a missing one 1.0."""
+  protocol = SteeringProtocol(factors=(0.5, 2.0), instructions_per_concept=2, select_count=1)
+  rows = steering_rows(["ReFT-r1"], [(1, "a"), (2, "b"), (3, "c"), (4, "d")], ["x", "y"], protocol)
+  max_acts = {1: 0.0, 2: -3.0, 3: np.nan, 4: 7.5}
+  want = {1: 50.0, 2: 50.0, 3: 1.0, 4: 7.5}
+  _, strengths = row_vectors(rows, {"ReFT-r1": dictionary("ReFT-r1", [1, 2, 3, 4], list(max_acts.values()))})
+  for i, row in rows.iterrows():
+    assert strengths[i] == np.float32(row.factor * want[row.concept_id])
+  _, unknown = row_vectors(rows, {"ReFT-r1": dictionary("ReFT-r1", [1, 2, 3, 4], None)})
+  np.testing.assert_array_equal(unknown, rows["factor"].to_numpy(np.float32))
 
 
 def test_instruction_files_and_their_errors(tmp_path):

@@ -24,8 +24,9 @@ def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.
                       batch_size: int = 16, width_multiple: int = 64, progress=None) -> np.ndarray:
   """Residual stream after `layer` for tokens [N, T] (right-padded; mask [N, T]) as float32 [N, T, d].
 
-  Rows run in order of length, each batch only as wide as its longest row (rounded up to `width_multiple`),
-  so padding costs little and a handful of shapes compile. Positions past a row's width are zero.
+  Rows run in order of length, each batch only as wide as its longest row plus one pad (rounded up to
+  `width_multiple`), so padding costs little and a handful of shapes compile. The state of the first pad after
+  each row is kept (AxBench's ReFT-r1 reads it); positions past a batch's width are zero.
   `progress`, if given, is called with the number of rows done after each batch.
   """
   config.check_layer(layer)
@@ -37,7 +38,7 @@ def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.
   out = np.zeros((n, t, config.hidden_size), np.float32)
   for start in range(0, n, batch_size):
     rows = order[np.arange(start, start + batch_size).clip(max=n - 1)]  # last batch padded with copies
-    width = min(t, -(-max(int(lengths[rows].max()), 1) // width_multiple) * width_multiple)
+    width = min(t, -(-(int(lengths[rows].max()) + 1) // width_multiple) * width_multiple)
     acts = _residual(params, config, jnp.asarray(tokens[rows, :width]), jnp.asarray(mask[rows, :width]), layer)
     real = min(batch_size, n - start)
     out[rows[:real], :width] = np.asarray(acts)[:real]

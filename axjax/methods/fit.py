@@ -8,23 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from axjax.data import batching, examples as data_examples
 from axjax.data.axbench_format import AxbenchData
 from axjax.dictionary import Dictionary
+from axjax.errors import AxjaxError
 from axjax.loading.load import LoadedModel
 from axjax.methods import closed_form, objectives
 from axjax.methods.activations import layer_activations
 from axjax.methods.joint_training import OptimConfig, train_jointly
+from axjax.methods.training_checkpoint import EpochCheckpoint
 from axjax.methods.registry import MethodSpec, hyperparameters, method
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 _CONCEPT_CHUNK = 4  # concepts whose gathered token activations are held at once by closed-form methods
+DEAD_LATENT_REMEDIES = ("none", "diffmean")
 
 
 @dataclasses.dataclass
@@ -95,17 +101,44 @@ def _loss_positions(loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return positions, valid
 
 
-def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: int,
-           progress: Progress | None) -> np.ndarray:
-  """Trains a gradient-based method for all concepts jointly; returns the weights [C, d]."""
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+  """A method's dictionary and, for gradient-trained methods, how training went."""
+
+  dictionary: Dictionary
+  record: pd.DataFrame | None = None  # per concept and step: epoch, loss and the objective's parts
+  dead: np.ndarray | None = None  # [C] bool: the ReLU score never fired on a training token in the last epoch
+  remedied: np.ndarray | None = None  # [C] bool: dead after AxBench's training, retrained by the remedy
+
+
+def _record_frame(record: dict[str, np.ndarray], concept_ids: np.ndarray, steps_per_epoch: int) -> pd.DataFrame:
+  """The [steps, C] training record as a long table, one row per (concept, step) that trained."""
+  steps, c = record["loss"].shape
+  frame = pd.DataFrame({"concept_id": np.tile(concept_ids, steps).astype(np.int64),
+                        "step": np.repeat(np.arange(steps), c), "epoch": np.repeat(np.arange(steps) // steps_per_epoch, c),
+                        **{k: v.reshape(-1) for k, v in record.items()}})
+  return frame[np.isfinite(frame["loss"])].reset_index(drop=True)
+
+
+def _dead_latents(record: dict[str, np.ndarray], steps_per_epoch: int) -> np.ndarray:
+  """[C] bool: no intervened training token had a positive latent at any step of the last epoch."""
+  last = record["fired"][-steps_per_epoch:]
+  return np.nansum(last, axis=0) == 0
+
+
+def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: int, progress: Progress | None,
+           checkpoint_dir: str | None, subset: np.ndarray | None = None, init: np.ndarray | None = None
+           ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+  """Trains a gradient-based method for the concepts at positions `subset` (default all) jointly.
+
+  Returns the weights [C, d], the training record {name: [steps, C]} and the steps per epoch. `init`
+  replaces AxBench's initial weights.
+  """
   config = cache.model.config
   if spec.name == "LinearProbe":
     ex, acts = cache.examples("binarized")
     arrays = {"acts": acts, "position_mask": ex.probe_mask.astype(np.float32), "label": _row_labels(ex)}
-    loss = objectives.ProbeObjective(hp["coeff_l1_loss"])
-    bound = 1.0 / np.sqrt(config.hidden_size)  # torch.nn.Linear's default initialisation
-    init = jax.random.uniform(jax.random.key(seed), (len(ex.concept_ids), config.hidden_size), jnp.float32,
-                              -bound, bound)
+    loss = objectives.ProbeObjective(hp["coeff_l1_loss"], saturating=hp["loss"] == "axbench")
     optim = dict(unit_norm_key="w")
   else:
     ex, acts = cache.examples("lm_all" if spec.name == "ReFT-r1" else "lm_positive")
@@ -115,39 +148,82 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
               "loss_valid": valid}
     upper = objectives.UpperModel(config, cache.layer)
     if spec.name == "ReFT-r1":
-      loss = objectives.ReftR1Objective(upper, hp["topk"], hp["coeff_latent_l1_loss"])
+      arrays["pad_acts"] = acts[np.arange(len(acts)), ex.attention_mask.sum(axis=1)]  # each row's first pad
+      loss = objectives.ReftR1Objective(upper, hp["topk"], hp["coeff_latent_l1_loss"],
+                                        pad_in_topk=hp["topk_candidates"] == "axbench")
       optim = dict(clip_norm=1.0, unit_norm_key="w")
     else:
       loss = objectives.SsvObjective(upper)
       optim = {}
-    init = jnp.full((len(ex.concept_ids), config.hidden_size), 0.01, jnp.float32)  # AxBench's fill_(0.01)
-  steps = hp["n_epochs"] * batching.steps_per_epoch(ex.row_valid, hp["batch_size"])
+  subset = np.arange(len(ex.concept_ids)) if subset is None else subset
+  concept_ids, row_valid = ex.concept_ids[subset], ex.row_valid[subset]
+  if init is None and spec.name == "LinearProbe":
+    bound = 1.0 / np.sqrt(config.hidden_size)  # torch.nn.Linear's default initialisation
+    init = jax.random.uniform(jax.random.key(seed), (len(ex.concept_ids), config.hidden_size), jnp.float32,
+                              -bound, bound)[subset]
+  elif init is None:
+    init = np.full((len(subset), config.hidden_size), 0.01, np.float32)  # AxBench's fill_(0.01)
+  per_epoch = batching.steps_per_epoch(row_valid, hp["batch_size"])
+  steps = hp["n_epochs"] * per_epoch
   cfg = OptimConfig(lr=hp["lr"], total_steps=steps, weight_decay=hp["weight_decay"], **optim)
-  batches = ((ex.shared_rows(b.positions), b.weight)
-             for b in batching.minibatches(ex.row_valid, hp["batch_size"], hp["n_epochs"], seed, ex.concept_ids))
+  index = ex.index[subset]
+  batches = [(np.take_along_axis(index, b.positions, axis=1), b.weight)
+             for b in batching.minibatches(row_valid, hp["batch_size"], hp["n_epochs"], seed, concept_ids)]
+  checkpoint = None
+  if checkpoint_dir is not None:
+    settings = {**hp, "seed": seed, "concept_ids": concept_ids.tolist()}
+    checkpoint = EpochCheckpoint(checkpoint_dir, per_epoch, json.loads(json.dumps(settings)))
   report = None if progress is None else (lambda step, _: progress(f"train {spec.name}", step + 1, steps))
-  trained = train_jointly(cfg, loss, {"w": init}, {k: jnp.asarray(v) for k, v in arrays.items()}, batches,
-                          frozen=cache.model.params, progress=report)
-  return np.asarray(trained["w"])
+  trained, record = train_jointly(cfg, loss, {"w": jnp.asarray(init, jnp.float32)},
+                                  {k: jnp.asarray(v) for k, v in arrays.items()}, batches,
+                                  frozen=cache.model.params, progress=report, checkpoint=checkpoint)
+  return np.asarray(trained["w"]), record, per_epoch
 
 
 def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] | None = None, seed: int = 0,
-               progress: Progress | None = None) -> Dictionary:
-  """The dictionary of method `name` for every concept of `cache.data` at `cache.layer`."""
+               progress: Progress | None = None, checkpoint_dir: str | None = None,
+               dead_latent_remedy: str = "none") -> FitResult:
+  """The dictionary of method `name` for every concept of `cache.data` at `cache.layer`.
+
+  Gradient-trained methods save their state after every epoch under `checkpoint_dir` (if given) and resume
+  from it. `dead_latent_remedy="diffmean"` retrains, from the concept's DiffMean direction, every concept whose
+  ReLU latent ended dead (AxBench's behaviour is "none").
+  """
   spec = method(name)
+  if dead_latent_remedy not in DEAD_LATENT_REMEDIES:
+    raise AxjaxError(f"unknown dead-latent remedy {dead_latent_remedy!r}: choose from "
+                     f"{', '.join(DEAD_LATENT_REMEDIES)}")
   config = cache.model.config
   hp = hyperparameters(spec, config, overrides)
   concepts = cache.data.concepts if cache.concept_ids is None else [cache.data.concept(c) for c in cache.concept_ids]
   biases = np.zeros(len(concepts), np.float32)
+  frame = dead = remedied = None
   if spec.name == "Random":
     weights = closed_form.random_directions(len(concepts), config.hidden_size, seed)
     bound = 1.0 / np.sqrt(config.hidden_size)  # AxBench keeps torch.nn.Linear's random bias
     biases = np.random.default_rng(seed).uniform(-bound, bound, len(concepts)).astype(np.float32)
   elif spec.trained:
-    weights = _train(spec, hp, cache, seed, progress)
+    part = lambda label: None if checkpoint_dir is None else os.path.join(checkpoint_dir, label)
+    weights, record, per_epoch = _train(spec, hp, cache, seed, progress, part("axbench"))
+    frame = _record_frame(record, np.array([c.concept_id for c in concepts]), per_epoch)
+    if "fired" in record:
+      dead = _dead_latents(record, per_epoch)
+      remedied = np.zeros_like(dead)
+      if dead_latent_remedy == "diffmean" and dead.any():
+        subset = np.flatnonzero(dead)
+        ex, acts = cache.examples("binarized")
+        start = _closed_form("DiffMean", ex, acts, seed)[subset]
+        retrained, record2, _ = _train(spec, hp, cache, seed, progress, part("remedy"), subset, start)
+        weights[subset] = retrained
+        frame = pd.concat([frame[~frame["concept_id"].isin(ex.concept_ids[subset])],
+                           _record_frame(record2, ex.concept_ids[subset], per_epoch).assign(remedy="diffmean")])
+        remedied[subset] = True
+        dead[subset] = _dead_latents(record2, per_epoch)
   else:
     ex, acts = cache.examples("binarized")
     weights = _closed_form(spec.name, ex, acts, seed)
-  return Dictionary(weights=weights, biases=biases, concept_ids=tuple(c.concept_id for c in concepts),
-                    concept_names=tuple(c.name for c in concepts), method=spec.name, model_name=cache.model.name,
-                    layer=cache.layer, hyperparameters={**hp, "seed": seed})
+  hp = {**hp, "seed": seed, **({"dead_latent_remedy": dead_latent_remedy} if dead is not None else {})}
+  dictionary = Dictionary(weights=weights, biases=biases, concept_ids=tuple(c.concept_id for c in concepts),
+                          concept_names=tuple(c.name for c in concepts), method=spec.name,
+                          model_name=cache.model.name, layer=cache.layer, hyperparameters=hp)
+  return FitResult(dictionary, frame, dead, remedied)

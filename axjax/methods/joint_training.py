@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from axjax.methods.training_checkpoint import EpochCheckpoint
+
 PyTree = Any
-# loss(params of one concept, its batch [B, ...], progress in [0, 1), frozen model params) -> scalar
-LossFn = Callable[[PyTree, dict[str, jax.Array], jax.Array, PyTree], jax.Array]
-_EPS = 1e-8
+# loss(params of one concept, its batch [B, ...], progress in [0, 1), frozen model params)
+#   -> (scalar loss, {name: scalar} parts recorded per step)
+LossFn = Callable[[PyTree, dict[str, jax.Array], jax.Array, PyTree], tuple[jax.Array, dict[str, jax.Array]]]
+_EPS = float(jnp.finfo(jnp.float32).eps)  # AxBench's set_decoder_norm_to_unit_norm: w / (|w| + eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +48,7 @@ def init_state(cfg: OptimConfig, params: PyTree) -> PyTree:
 
 def _concept_update(cfg: OptimConfig, loss_fn: LossFn, frozen, params, opt_state, batch, progress):
   original = params
-  loss, grads = jax.value_and_grad(loss_fn)(params, batch, progress, frozen)
+  (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, progress, frozen)
   if cfg.clip_norm is not None:
     norm = optax.tree.norm(grads)
     grads = jax.tree.map(lambda g: g * jnp.minimum(1.0, cfg.clip_norm / (norm + 1e-6)), grads)
@@ -59,7 +63,7 @@ def _concept_update(cfg: OptimConfig, loss_fn: LossFn, frozen, params, opt_state
   # A concept with fewer examples than the others has filler steps (all weights 0): leave it untouched there.
   active = jnp.sum(batch["weight"]) > 0
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
-  return keep(new_params, original), keep(new_state, opt_state), loss
+  return keep(new_params, original), keep(new_state, opt_state), {"loss": loss, **parts}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
@@ -78,14 +82,33 @@ def joint_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, i
 
 
 def train_jointly(cfg: OptimConfig, loss_fn: LossFn, params: PyTree, examples: dict[str, jax.Array],
-                  batches: Iterable[tuple[Any, Any]], frozen: PyTree = None,
-                  progress: Callable[[int, jax.Array], None] | None = None) -> PyTree:
-  """Runs `joint_step` over `batches` of (indices [C, B], weights [C, B]); returns the trained params [C, ...]."""
+                  batches: Sequence[tuple[Any, Any]], frozen: PyTree = None,
+                  progress: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+                  checkpoint: EpochCheckpoint | None = None) -> tuple[PyTree, dict[str, np.ndarray]]:
+  """Runs `joint_step` over `batches` of (indices [C, B], weights [C, B]).
+
+  Returns the trained params [C, ...] and the training record: {"loss" and each of the objective's parts:
+  [steps, C] float32}, entries of a concept's filler steps NaN. With a `checkpoint`, the state is saved after
+  every epoch and a rerun continues from the last one saved, ending with exactly the numbers of an
+  uninterrupted run.
+  """
   opt_state = init_state(cfg, params)
   params = jax.tree.map(jnp.array, params)  # our own copy: the step donates its buffers
-  for step, (indices, weights) in enumerate(batches):
-    params, opt_state, losses = joint_step(cfg, loss_fn, params, opt_state, examples, jnp.asarray(indices),
+  record: dict[str, list[np.ndarray]] = {}
+  start = 0
+  if checkpoint is not None and (saved := checkpoint.restore((params, opt_state))) is not None:
+    start, (params, opt_state), saved_record = saved
+    record = {k: list(v) for k, v in saved_record.items()}
+  for step in range(start, len(batches)):
+    indices, weights = batches[step]
+    params, opt_state, values = joint_step(cfg, loss_fn, params, opt_state, examples, jnp.asarray(indices),
                                            jnp.asarray(weights, jnp.float32), step, frozen)
+    active = np.asarray(weights).any(axis=1)
+    values = {k: np.where(active, np.asarray(v, np.float32), np.nan) for k, v in values.items()}
+    for k, v in values.items():
+      record.setdefault(k, []).append(v)
+    if checkpoint is not None and checkpoint.epoch_ends(step):
+      checkpoint.save(step + 1, (params, opt_state), {k: np.stack(v) for k, v in record.items()})
     if progress is not None:
-      progress(step, losses)
-  return params
+      progress(step, values)
+  return params, {k: np.stack(v) for k, v in record.items()}

@@ -22,10 +22,32 @@ def _weighted_mean(values: Array, weights: Array) -> Array:
 
 
 def bce_with_logits(logits: Array, labels: Array) -> Array:
-  """Binary cross-entropy of sigmoid(logits), computed stably; torch's BCELoss clamps log at -100."""
-  log_p = jnp.maximum(jax.nn.log_sigmoid(logits), -100.0)
-  log_not_p = jnp.maximum(jax.nn.log_sigmoid(-logits), -100.0)
-  return -(labels * log_p + (1.0 - labels) * log_not_p)
+  """Binary cross-entropy of sigmoid(logits), computed stably: the gradient never saturates."""
+  return -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+
+
+@jax.custom_vjp
+def _torch_bce(p: Array, labels: Array) -> Array:
+  """torch.nn.BCELoss on probabilities: logs clamped at -100 (a wrong, saturated prediction costs 100)."""
+  return -(labels * jnp.maximum(jnp.log(p), -100.0) + (1.0 - labels) * jnp.maximum(jnp.log1p(-p), -100.0))
+
+
+def _torch_bce_fwd(p, labels):
+  return _torch_bce(p, labels), (p, labels)
+
+
+def _torch_bce_bwd(residuals, g):
+  p, labels = residuals  # torch's backward: (p - y) / max(p (1 - p), 1e-12)
+  return g * (p - labels) / jnp.maximum(p * (1.0 - p), 1e-12), jnp.zeros_like(labels)
+
+
+_torch_bce.defvjp(_torch_bce_fwd, _torch_bce_bwd)
+
+
+def axbench_bce(logits: Array, labels: Array) -> Array:
+  """AxBench's probe loss, BCELoss(sigmoid(logits)) in float32, with torch's gradients: sigmoid rounds to 1
+  beyond logits of about 17 and the gradient there is 0, so confidently wrong tokens stop teaching."""
+  return _torch_bce(jax.nn.sigmoid(logits.astype(jnp.float32)), labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +56,14 @@ class UpperModel:
 
   config: GemmaConfig
   layer: int
+  remat: bool = True  # recompute the upper layers in the backward pass instead of keeping their activations
 
   def output_nll(self, model_params, h: Array, batch) -> Array:
     """Mean next-token NLL over output tokens (HF's loss: one mean over all output tokens of the batch)."""
     c = self.config
     frame = frame_from_mask(batch["mask"])
     upper = layer_slice(model_params, self.layer + 1, c.num_layers)
-    h, _, _ = run_layers(upper, c, h, frame, self.layer + 1, remat=True)
+    h, _, _ = run_layers(upper, c, h, frame, self.layer + 1, remat=self.remat)
     # Gather the positions that predict an output token: [B, P] with their targets.
     pos, valid = batch["loss_positions"], batch["loss_valid"] * batch["weight"][:, None]
     rows = jnp.take_along_axis(h, pos[..., None], axis=1)
@@ -51,41 +74,73 @@ class UpperModel:
 
 # Each objective is a frozen dataclass: static under jit and hashable by value, so every training run with the
 # same settings and shapes reuses one compiled step (a functools.partial would hash by identity and recompile).
+# Each returns (loss, parts): `parts` are per-step scalars kept in the training record (loss curves, and
+# `fired`, the share of intervened tokens whose latent is positive, which tells a dead ReLU latent).
 @dataclasses.dataclass(frozen=True)
 class ProbeObjective:
-  """Linear probe: BCE of sigmoid(h . w) against the example label at every scored token (bias unused)."""
+  """Linear probe: BCE of sigmoid(h . w) against the example label at every scored token (bias unused).
+
+  `saturating=True` is AxBench's loss (`axbench_bce`); False is the stable `bce_with_logits`.
+  """
 
   coeff_l1: float = 0.0
+  saturating: bool = True
 
-  def __call__(self, params, batch, progress, frozen) -> Array:
+  def __call__(self, params, batch, progress, frozen) -> tuple[Array, dict[str, Array]]:
     del progress, frozen
-    logits = jnp.einsum("btd,d->bt", batch["acts"], params["w"])
+    logits = jnp.einsum("btd,d->bt", batch["acts"], params["w"].astype(batch["acts"].dtype),
+                        preferred_element_type=jnp.float32)
     labels = jnp.broadcast_to(batch["label"][:, None].astype(jnp.float32), logits.shape)
     mask = batch["position_mask"] * batch["weight"][:, None]
+    bce = _weighted_mean((axbench_bce if self.saturating else bce_with_logits)(logits, labels), mask)
     l1 = sum(jnp.abs(p).sum() for p in jax.tree.leaves(params))
-    return _weighted_mean(bce_with_logits(logits, labels), mask) + self.coeff_l1 * l1
+    accuracy = _weighted_mean(((logits > 0) == (labels > 0)).astype(jnp.float32), mask)
+    return bce + self.coeff_l1 * l1, {"bce": bce, "accuracy": accuracy}
+
+
+def _pad_copies(batch, topk: int, w: Array) -> Array:
+  """AxBench's pad copies for the top-k: [B, topk] latents of each row's first pad, repeated (longest row's
+  intervened count - own count) times, -1 beyond that. AxBench pads every row's list of intervened positions to
+  the batch's longest with the index of the row's first pad token, so those copies can enter the top-k."""
+  counts = jnp.sum(batch["position_mask"], axis=-1)
+  longest = jnp.max(jnp.where(batch["weight"] > 0, counts, 0.0))  # filler rows are not in AxBench's batch
+  pad_latent = jax.nn.relu(jnp.einsum("bd,d->b", batch["pad_acts"], w, preferred_element_type=jnp.float32))
+  copies = longest - counts
+  return jnp.where(jnp.arange(topk)[None] < copies[:, None], pad_latent[:, None], -1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class ReftR1Objective:
   """ReFT-r1 (AxBench's LsReFT): h + mean(top-k ReLU(h . w)) w at every intervened position; LM loss on
-  outputs plus an L1 penalty on the non-top-k latents whose weight ramps linearly from 0."""
+  outputs plus an L1 penalty on the non-top-k latents whose weight ramps linearly from 0.
+
+  `pad_in_topk=True` is AxBench's top-k, whose candidates include copies of a pad token's latent
+  (`_pad_copies`); False takes the top-k over real intervened tokens only.
+  """
 
   upper: UpperModel
   topk: int
   coeff_l1: float
+  pad_in_topk: bool = True
 
-  def __call__(self, params, batch, progress, model_params) -> Array:
+  def __call__(self, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:
     h, where = batch["acts"], batch["position_mask"]
-    latent = jax.nn.relu(jnp.einsum("btd,d->bt", h, params["w"].astype(h.dtype)))
-    masked = jnp.where(where > 0, latent, -1.0)  # top-k over intervened positions only
-    top, top_idx = jax.lax.top_k(masked, self.topk)
+    w = params["w"].astype(h.dtype)
+    latent = jax.nn.relu(jnp.einsum("btd,d->bt", h, w, preferred_element_type=jnp.float32))
+    candidates = jnp.where(where > 0, latent, -1.0)  # top-k over intervened positions only
+    if self.pad_in_topk:
+      candidates = jnp.concatenate([candidates, _pad_copies(batch, self.topk, w)], axis=-1)
+    top, top_idx = jax.lax.top_k(candidates, self.topk)
     magnitude = jnp.mean(jnp.maximum(top, 0.0), axis=-1)  # [B]
-    steered = h + jnp.where(where[..., None] > 0, magnitude[:, None, None] * params["w"], 0.0)
-    in_top = jnp.zeros_like(latent).at[jnp.arange(h.shape[0])[:, None], top_idx].set(1.0)
+    steer = (magnitude[:, None, None] * params["w"].astype(jnp.float32)).astype(h.dtype)
+    steered = h + jnp.where(where[..., None] > 0, steer, jnp.zeros((), h.dtype))
+    rows = jnp.arange(h.shape[0])[:, None]
+    in_top = jnp.zeros(candidates.shape, jnp.float32).at[rows, top_idx].set(1.0)[:, :h.shape[1]]
     non_top = latent * (1.0 - in_top) * where
     l1 = _weighted_mean(non_top.sum(-1) / (where.sum(-1) + jnp.finfo(jnp.float32).eps), batch["weight"])
-    return self.upper.output_nll(model_params, steered, batch) + progress * self.coeff_l1 * l1
+    lm = self.upper.output_nll(model_params, steered, batch)
+    fired = _weighted_mean(jnp.sum((latent > 0) * where, -1) / jnp.maximum(where.sum(-1), 1.0), batch["weight"])
+    return lm + progress * self.coeff_l1 * l1, {"lm": lm, "l1": l1, "fired": fired}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +149,11 @@ class SsvObjective:
 
   upper: UpperModel
 
-  def __call__(self, params, batch, progress, model_params) -> Array:
+  def __call__(self, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:
     del progress
     h, where = batch["acts"], batch["position_mask"]
-    steered = h + where[..., None] * params["w"].astype(h.dtype)
-    return self.upper.output_nll(model_params, steered, batch)
+    steered = (h.astype(jnp.float32) + where[..., None] * params["w"]).astype(h.dtype)
+    lm = self.upper.output_nll(model_params, steered, batch)
+    score = jnp.einsum("btd,d->bt", h, params["w"].astype(h.dtype), preferred_element_type=jnp.float32)
+    fired = _weighted_mean(jnp.sum((score > 0) * where, -1) / jnp.maximum(where.sum(-1), 1.0), batch["weight"])
+    return lm, {"lm": lm, "fired": fired}

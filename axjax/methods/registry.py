@@ -27,17 +27,23 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
     MethodSpec("LAT", False, False, _CLOSED, _CLOSED),
     MethodSpec("Random", False, False, {}, {}),
     MethodSpec("LinearProbe", True, False,
-               {"batch_size": 12, "n_epochs": 24, "lr": 5e-3, "weight_decay": 1e-3, "coeff_l1_loss": 0.0},
-               {"batch_size": 12, "n_epochs": 24, "lr": 1e-3, "weight_decay": 1e-4, "coeff_l1_loss": 0.0}),
+               {"batch_size": 12, "n_epochs": 24, "lr": 5e-3, "weight_decay": 1e-3, "coeff_l1_loss": 0.0,
+                "loss": "axbench"},
+               {"batch_size": 12, "n_epochs": 24, "lr": 1e-3, "weight_decay": 1e-4, "coeff_l1_loss": 0.0,
+                "loss": "axbench"}),
     MethodSpec("ReFT-r1", True, True,
                {"batch_size": 6, "n_epochs": 3, "lr": 1e-2, "weight_decay": 0.0, "topk": 8,
-                "coeff_latent_l1_loss": 5e-3},
+                "coeff_latent_l1_loss": 5e-3, "topk_candidates": "axbench"},
                {"batch_size": 6, "n_epochs": 3, "lr": 5e-3, "weight_decay": 0.0, "topk": 8,
-                "coeff_latent_l1_loss": 5e-3}),
+                "coeff_latent_l1_loss": 5e-3, "topk_candidates": "axbench"}),
     MethodSpec("SSV", True, True,
                {"batch_size": 6, "n_epochs": 3, "lr": 1e-2, "weight_decay": 0.0},
                {"batch_size": 6, "n_epochs": 3, "lr": 1e-2, "weight_decay": 0.0}),
 ]}
+# Hyperparameters that name a variant, with their choices. LinearProbe.loss: "axbench" is BCELoss(sigmoid(z))
+# with torch's saturating gradients, "stable" the log-sigmoid form. ReFT-r1.topk_candidates: "axbench" lets
+# copies of a pad token's latent enter the top-k as AxBench's batching does, "real" uses real tokens only.
+CHOICES = {"loss": ("axbench", "stable"), "topk_candidates": ("axbench", "real")}
 ALIASES = {"LsReFT": "ReFT-r1", "ReFT_r1": "ReFT-r1", "Probe": "LinearProbe", "SteeringVector": "SSV"}
 
 
@@ -56,6 +62,8 @@ def hyperparameters(spec: MethodSpec, config: GemmaConfig, overrides: dict[str, 
     if key not in values:
       raise AxjaxError(f"{spec.name} has no hyperparameter {key!r} (it has {', '.join(values) or 'none'})")
     values[key] = type(values[key])(value)
+    if key in CHOICES and values[key] not in CHOICES[key]:
+      raise AxjaxError(f"{spec.name}.{key} must be one of {', '.join(CHOICES[key])}, not {value!r}")
   return values
 
 

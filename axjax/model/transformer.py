@@ -64,9 +64,12 @@ def init_params(config: GemmaConfig, rng: Array, dtype=jnp.float32) -> Params:
 
 
 def frame_from_mask(mask: Array) -> AttentionFrame:
-  """Positions count real tokens only, so a left-padded row sees the same positions as an unpadded one."""
+  """Positions count from a row's first real token, so a left-padded row sees the same positions as an unpadded
+  one, and pads after a right-padded row continue its count (HF's positions for a right-padded batch: AxBench's
+  ReFT-r1 reads the layer-L state of the first such pad)."""
   mask = mask.astype(bool)
-  positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
+  first = jnp.argmax(mask, axis=-1)[:, None]
+  positions = jnp.maximum(jnp.arange(mask.shape[-1])[None] - first, 0).astype(jnp.int32)
   return AttentionFrame(positions, positions, mask)
 
 

@@ -33,9 +33,16 @@ def steering_rows(methods: Sequence[str], concepts: Sequence[tuple[int, str]], i
   return rows
 
 
+def steering_magnitude(max_activations: np.ndarray) -> np.ndarray:
+  """AxBench's max_act for steering strength: the concept's max activation, 50 where it is <= 0 (a direction
+  that never fires still steers) and 1.0 where it is unknown (NaN), as its pre_compute_mean_activations."""
+  max_act = np.asarray(max_activations, np.float32)
+  return np.where(np.isnan(max_act), np.float32(1.0), np.where(max_act <= 0, np.float32(50.0), max_act))
+
+
 def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary]) -> tuple[np.ndarray, np.ndarray]:
   """Each row's unit direction [N, d] as stored in its method's dictionary, and its strength [N] =
-  factor * the concept's max activation (AxBench's steering magnitude)."""
+  factor * the concept's `steering_magnitude` (AxBench's rule)."""
   width = {d.hidden_size for d in dictionaries.values()}
   if len(width) != 1:
     raise AxjaxError(f"the dictionaries to steer with have different widths {sorted(width)}")
@@ -46,11 +53,6 @@ def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary]) -> t
       raise AxjaxError(f"there is no dictionary for method {method!r} to steer with")
     d = dictionaries[method]
     index = np.asarray([d.index_of(int(c)) for c in group["concept_id"]])
-    max_act = d.max_activations[index]
-    if not np.isfinite(max_act).all():
-      missing = sorted({int(c) for c, m in zip(group["concept_id"], max_act) if not np.isfinite(m)})
-      raise AxjaxError(f"the {method} dictionary has no max activation for concepts {missing}; run detection "
-                       f"first (steering strength is factor x max activation)")
     vectors[group.index] = d.weights[index]
-    strengths[group.index] = group["factor"].to_numpy(np.float32) * max_act
+    strengths[group.index] = group["factor"].to_numpy(np.float32) * steering_magnitude(d.max_activations[index])
   return vectors, strengths
