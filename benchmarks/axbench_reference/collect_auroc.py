@@ -6,7 +6,8 @@
 Prints {"auroc": {method: {concept_id: auroc}}, "mean_auroc": {method: mean},
 "hard_negative": {method: {concept_id: macro_avg_accuracy}}, "mean_hard_negative": {method: mean}}.
 With --axjax (a detect.py output folder, its detection.json or one detection/<method>.json) it adds
-"axjax_auroc", "axjax_mean_auroc" and "max_abs_diff" for the methods and concepts both sides have.
+"axjax_auroc", "axjax_mean_auroc" and "max_abs_diff" for the methods and concepts both sides have, keyed by
+AxBench's method names (AxBench's LsReFT is axjax's ReFT-r1; see AXJAX_NAMES).
 """
 
 import argparse
@@ -14,6 +15,9 @@ import json
 import os
 
 import numpy as np
+
+# AxBench method name -> axjax method name, where they differ (axjax/methods/registry.py ALIASES).
+AXJAX_NAMES = {"LsReFT": "ReFT-r1"}
 
 
 def read_axbench(out_dir: str) -> list[dict]:
@@ -72,6 +76,7 @@ def main() -> None:
   result = {"auroc": auroc, "mean_auroc": means(auroc), "hard_negative": hard, "mean_hard_negative": means(hard)}
   if a.axjax:
     ours = read_axjax(a.axjax)
+    ours = {m: ours[AXJAX_NAMES.get(m, m)] for m in auroc if AXJAX_NAMES.get(m, m) in ours}
     common = {m: {c: ours[m][c] for c in auroc[m] if c in ours[m]} for m in auroc if m in ours}
     result["axjax_auroc"] = common
     result["axjax_mean_auroc"] = means(common)

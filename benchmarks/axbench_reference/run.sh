@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# Runs the original AxBench (train -> latent inference -> latent evaluation) for DiffMean, PCA and LAT,
-# timing each stage.
+# Runs the original AxBench (train -> latent inference -> latent evaluation), timing each stage. The methods
+# are those of the config template: no_grad.yaml (DiffMean, PCA, LAT; the default) or trained.yaml
+# (LinearProbe, LsReFT).
 #
-#   run.sh AXBENCH_SRC MODEL_DIR DATA_DIR LAYER OUT_DIR
+#   run.sh AXBENCH_SRC MODEL_DIR DATA_DIR LAYER OUT_DIR [CONFIG]
 #
 #   AXBENCH_SRC  an export/checkout of stanfordnlp/axbench (axbench.patch is applied to it, once)
 #   MODEL_DIR    float32 HF folder made by convert_model.py (its absolute path is the AxBench model_name)
 #   DATA_DIR     AxBench data folder with generate/{metadata.jsonl,train_data.parquet} and
 #                inference/latent_eval_data.parquet (e.g. axjax/data/axbench/concept10/prod_2b_l20_v1)
 #   LAYER        decoder layer whose output is read (12 for the L20 data, 6 for the L10 data)
-#   OUT_DIR      AxBench --dump_dir; must not exist yet (AxBench resumes from state files otherwise)
+#   OUT_DIR      AxBench --dump_dir; must not exist yet (AxBench resumes from state files otherwise),
+#                unless RESUME=1
+#   CONFIG       config template (default: $CONFIG, else no_grad.yaml); a bare name is looked up next to
+#                this script
 #
-# Env: PYTHON (default: python), MASTER_PORT (default 29571). Per-concept AUROCs land in
-# OUT_DIR/evaluate/latent.jsonl; OUT_DIR/auroc.json is collect_auroc.py's summary of them.
+# Env: PYTHON (default: python), MASTER_PORT (default 29571), CONFIG (see above), RESUME=1 (continue an
+# interrupted run in OUT_DIR: stages already finished are skipped, and AxBench's train and latent inference
+# resume after the last finished concept from their state files; the timings then cover this call only).
+# Per-concept AUROCs land in OUT_DIR/evaluate/latent.jsonl; OUT_DIR/auroc.json is collect_auroc.py's
+# summary of them.
 set -euo pipefail
 
-if [ $# -ne 5 ]; then
-  sed -n 2,16p "$0" >&2
+if [ $# -ne 5 ] && [ $# -ne 6 ]; then
+  sed -n 2,22p "$0" >&2
   exit 2
 fi
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -28,13 +35,19 @@ OUT=$5
 # Resolved here: AxBench ships a .python-version that pyenv shims would obey inside AXBENCH_SRC.
 PY=$("${PYTHON:-python}" -c "import sys; print(sys.executable)")
 PORT=${MASTER_PORT:-29571}
+TEMPLATE=${6:-${CONFIG:-no_grad.yaml}}
+[ -f "$TEMPLATE" ] || TEMPLATE="$HERE/$TEMPLATE"
+[ -f "$TEMPLATE" ] || { echo "no config template $TEMPLATE" >&2; exit 2; }
+RESUME=${RESUME:-0}
 
-if [ -e "$OUT" ]; then
-  echo "$OUT exists: give a new OUT_DIR (AxBench would resume from its state files)" >&2
+if [ -e "$OUT" ] && [ "$RESUME" != 1 ]; then
+  echo "$OUT exists: give a new OUT_DIR (AxBench would resume from its state files), or set RESUME=1" >&2
   exit 2
 fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+# With RESUME=1 the logs are appended to; a stage whose marker OUT/.done_<stage> exists is skipped.
+TEE=(tee); [ "$RESUME" = 1 ] && TEE=(tee -a)
 
 # 1. The patch (idempotent: skipped when already applied).
 if (cd "$SRC" && patch -p1 -R --dry-run -s -f < "$HERE/axbench.patch" > /dev/null 2>&1); then
@@ -58,26 +71,32 @@ for name in ('seed_sentences', 'seed_instructions'):
   Dataset.from_dict({'input': ['unused']}).save_to_disk(sys.argv[1] + '/' + name)
 " "$MASTER" > /dev/null 2>&1
 CFG="$OUT/config.yaml"
-sed -e "s#@MODEL@#$MODEL#g" -e "s#@LAYER@#$LAYER#g" -e "s#@MASTER@#$MASTER#g" "$HERE/no_grad.yaml" > "$CFG"
-echo "config: $CFG (model $MODEL, layer $LAYER, data $DATA)"
+sed -e "s#@MODEL@#$MODEL#g" -e "s#@LAYER@#$LAYER#g" -e "s#@MASTER@#$MASTER#g" "$TEMPLATE" > "$CFG"
+echo "config: $CFG (from $TEMPLATE; model $MODEL, layer $LAYER, data $DATA)"
 
 cd "$SRC"
 TORCHRUN=("$PY" -m torch.distributed.run --nproc_per_node=1 --master_port="$PORT")
 t0=$(date +%s)
 
 # 3. Train (one concept at a time; each method does its own forward passes over the concept's data).
-"${TORCHRUN[@]}" axbench/scripts/train.py --config "$CFG" --dump_dir "$OUT" \
-  --overwrite_data_dir "$DATA/generate" 2>&1 | tee "$OUT/train.log"
+if [ ! -e "$OUT/.done_train" ]; then
+  "${TORCHRUN[@]}" axbench/scripts/train.py --config "$CFG" --dump_dir "$OUT" \
+    --overwrite_data_dir "$DATA/generate" 2>&1 | "${TEE[@]}" "$OUT/train.log"
+  touch "$OUT/.done_train"
+fi
 t1=$(date +%s)
 
 # 4. Latent inference on the pre-generated eval data.
-"${TORCHRUN[@]}" axbench/scripts/inference.py --config "$CFG" --dump_dir "$OUT" --mode latent \
-  --overwrite_metadata_dir "$DATA/generate" --overwrite_inference_data_dir "$DATA/inference" \
-  2>&1 | tee "$OUT/inference.log"
+if [ ! -e "$OUT/.done_inference" ]; then
+  "${TORCHRUN[@]}" axbench/scripts/inference.py --config "$CFG" --dump_dir "$OUT" --mode latent \
+    --overwrite_metadata_dir "$DATA/generate" --overwrite_inference_data_dir "$DATA/inference" \
+    2>&1 | "${TEE[@]}" "$OUT/inference.log"
+  touch "$OUT/.done_inference"
+fi
 t2=$(date +%s)
 
 # 5. Latent evaluation (AUCROCEvaluator, HardNegativeEvaluator).
-"$PY" axbench/scripts/evaluate.py --config "$CFG" --dump_dir "$OUT" --mode latent 2>&1 | tee "$OUT/evaluate.log"
+"$PY" axbench/scripts/evaluate.py --config "$CFG" --dump_dir "$OUT" --mode latent 2>&1 | "${TEE[@]}" "$OUT/evaluate.log"
 t3=$(date +%s)
 
 "$PY" "$HERE/collect_auroc.py" "$OUT" > "$OUT/auroc.json"
