@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 
 import axjax  # noqa: E402
 from axjax.methods.activations import layer_activations  # noqa: E402
-from axjax.methods.fit import _loss_positions  # noqa: E402
-from axjax.methods.joint_training import OptimConfig, train_jointly  # noqa: E402
+from axjax.data.batching import packed_loss_positions  # noqa: E402
+from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly  # noqa: E402
 from axjax.methods.objectives import ProbeObjective, ReftR1Objective, SsvObjective, UpperModel  # noqa: E402
 
 LAYER, PREFIX, PAD, TOPK = 2, 2, 0, 3
@@ -35,11 +35,12 @@ def setup(tiny_gemma3):
   t = np.arange(width)[None]
   mask = t < LENGTHS[:, None]
   tokens[~mask] = PAD
-  positions, valid = _loss_positions((t >= PROMPTS[:, None]) & mask)
+  rows = np.arange(len(LENGTHS))
+  index, valid = packed_loss_positions((t >= PROMPTS[:, None]) & mask, rows[None], np.ones((1, len(rows))))
   acts = layer_activations(lm.params, lm.config, tokens, mask, LAYER)
   batch = {"acts": acts, "mask": mask, "tokens": tokens,
-           "position_mask": ((t >= PREFIX) & mask).astype(np.float32), "loss_positions": positions,
-           "loss_valid": valid, "pad_acts": acts[np.arange(len(LENGTHS)), LENGTHS],
+           "position_mask": ((t >= PREFIX) & mask).astype(np.float32), "loss_index": index[0],
+           "loss_valid": valid[0], "pad_acts": acts[np.arange(len(LENGTHS)), LENGTHS],
            "label": np.array([1, 0, 1, 0], np.int32), "weight": np.ones(len(LENGTHS), np.float32)}
   return hf, lm, {k: jnp.asarray(v) for k, v in batch.items()}
 
@@ -188,9 +189,11 @@ def test_reft_r1_training_steps_equal_axbench_optimizer(setup):
     opt.zero_grad()
   objective = ReftR1Objective(UpperModel(lm.config, LAYER), TOPK, coeff_l1=coeff)
   cfg = OptimConfig(lr=lr, total_steps=steps, clip_norm=1.0, unit_norm_key="w")
-  examples = {k: v for k, v in batch.items() if k != "weight"}
+  per_row = ("acts", "mask", "tokens", "position_mask", "pad_acts")
+  examples = {k: batch[k] for k in per_row}
   rows = np.arange(len(LENGTHS))[None]
+  extra = {"loss_index": batch["loss_index"][None], "loss_valid": batch["loss_valid"][None]}
   trained, record = train_jointly(cfg, objective, {"w": jnp.full((1, lm.config.hidden_size), 0.01)}, examples,
-                                  [(rows, np.ones_like(rows))] * steps, frozen=lm.params)
+                                  [StepBatch(rows, np.ones_like(rows), extra)] * steps, frozen=lm.params)
   np.testing.assert_allclose(np.asarray(trained["w"][0]), w.detach().numpy(), rtol=1e-4, atol=1e-6)
   assert record["loss"].shape == (steps, 1) and np.isfinite(record["loss"]).all()

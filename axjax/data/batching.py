@@ -62,3 +62,32 @@ def minibatches(row_valid: np.ndarray, batch_size: int, epochs: int, seed: int,
     for s in range(steps):
       cols = slice(s * batch_size, (s + 1) * batch_size)
       yield Minibatch(epoch, epoch * steps + s, positions[:, cols], weight[:, cols])
+
+
+def packed_loss_positions(loss_mask: np.ndarray, rows: np.ndarray, weight: np.ndarray,
+                          width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """For one step, each concept's positions whose logits predict an output token, packed: [C, width] int32
+  flat indices b * T + t - 1 into its [B, T] batch (t an output token of weighted row b), and [C, width]
+  float32 validity. Only real output tokens reach the 262k-way output layer, not each row's padding.
+
+  loss_mask [U, T] marks output tokens; rows/weight [C, B] are the step's rows and weights; width defaults to
+  the largest count in this step (`packed_width` gives one width for every step, so one compilation serves).
+  """
+  t = loss_mask.shape[1]
+  per_concept = [np.concatenate([b * t + np.flatnonzero(loss_mask[r]) - 1
+                                 for b, (r, w) in enumerate(zip(row, wt)) if w] or [np.zeros(0, np.int64)])
+                 for row, wt in zip(rows, weight)]
+  width = max(1, max(len(p) for p in per_concept)) if width is None else width
+  index = np.zeros((len(per_concept), width), np.int32)
+  valid = np.zeros((len(per_concept), width), np.float32)
+  for c, p in enumerate(per_concept):
+    if len(p) > width:
+      raise AxjaxError(f"a step has {len(p)} output tokens for one concept, more than the packed width {width}")
+    index[c, :len(p)], valid[c, :len(p)] = p, 1.0
+  return index, valid
+
+
+def packed_width(loss_mask: np.ndarray, steps) -> int:
+  """The most output tokens any concept has in any step of `steps` ((rows, weight) [C, B] pairs)."""
+  counts = loss_mask.sum(axis=1)
+  return max(1, max(int((counts[rows] * weight).sum(axis=1).max()) for rows, weight in steps))

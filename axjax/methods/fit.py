@@ -24,7 +24,7 @@ from axjax.errors import AxjaxError
 from axjax.loading.load import LoadedModel
 from axjax.methods import closed_form, objectives
 from axjax.methods.activations import layer_activations
-from axjax.methods.joint_training import OptimConfig, train_jointly
+from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly
 from axjax.methods.training_checkpoint import EpochCheckpoint
 from axjax.methods.registry import MethodSpec, hyperparameters, method
 
@@ -90,17 +90,6 @@ def _row_labels(ex) -> np.ndarray:
   return labels
 
 
-def _loss_positions(loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Positions t-1 whose logits predict an output token t, packed to [U, P] with a validity mask."""
-  targets = [np.nonzero(row)[0] - 1 for row in loss_mask]
-  width = max(1, max(len(t) for t in targets))
-  positions = np.zeros((len(targets), width), np.int32)
-  valid = np.zeros((len(targets), width), np.float32)
-  for r, t in enumerate(targets):
-    positions[r, :len(t)], valid[r, :len(t)] = t, 1.0
-  return positions, valid
-
-
 @dataclasses.dataclass(frozen=True)
 class FitResult:
   """A method's dictionary and, for gradient-trained methods, how training went."""
@@ -142,10 +131,8 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
     optim = dict(unit_norm_key="w")
   else:
     ex, acts = cache.examples("lm_all" if spec.name == "ReFT-r1" else "lm_positive")
-    positions, valid = _loss_positions(ex.loss_mask)
     arrays = {"acts": acts, "mask": ex.attention_mask, "tokens": ex.tokens,
-              "position_mask": ex.intervention_mask.astype(np.float32), "loss_positions": positions,
-              "loss_valid": valid}
+              "position_mask": ex.intervention_mask.astype(np.float32)}
     upper = objectives.UpperModel(config, cache.layer)
     if spec.name == "ReFT-r1":
       arrays["pad_acts"] = acts[np.arange(len(acts)), ex.attention_mask.sum(axis=1)]  # each row's first pad
@@ -167,8 +154,14 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
   steps = hp["n_epochs"] * per_epoch
   cfg = OptimConfig(lr=hp["lr"], total_steps=steps, weight_decay=hp["weight_decay"], **optim)
   index = ex.index[subset]
-  batches = [(np.take_along_axis(index, b.positions, axis=1), b.weight)
-             for b in batching.minibatches(row_valid, hp["batch_size"], hp["n_epochs"], seed, concept_ids)]
+  steps_rows = [(np.take_along_axis(index, b.positions, axis=1), b.weight)
+                for b in batching.minibatches(row_valid, hp["batch_size"], hp["n_epochs"], seed, concept_ids)]
+  if spec.name == "LinearProbe":
+    batches = [StepBatch(rows, weight) for rows, weight in steps_rows]
+  else:
+    width = batching.packed_width(ex.loss_mask, steps_rows)
+    batches = [StepBatch(rows, weight, dict(zip(("loss_index", "loss_valid"), batching.packed_loss_positions(
+        ex.loss_mask, rows, weight, width)))) for rows, weight in steps_rows]
   checkpoint = None
   if checkpoint_dir is not None:
     settings = {**hp, "seed": seed, "concept_ids": concept_ids.tolist()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
 import jax
@@ -66,26 +66,37 @@ def _concept_update(cfg: OptimConfig, loss_fn: LossFn, frozen, params, opt_state
   return keep(new_params, original), keep(new_state, opt_state), {"loss": loss, **parts}
 
 
+class StepBatch(NamedTuple):
+  """One step for every concept: rows [C, B] of the shared examples, their weights [C, B] (0 on filler
+  entries), and per-step arrays [C, ...] computed on the host (e.g. packed loss positions)."""
+
+  rows: Any
+  weight: Any
+  extra: dict[str, Any] = {}
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
-def joint_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, indices, weights, step, frozen):
-  """One optimizer step for every concept. indices/weights [C, B] pick each concept's rows of `examples`.
+def joint_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, indices, weights, extra, step,
+               frozen):
+  """One optimizer step for every concept. indices/weights [C, B] pick each concept's rows of `examples`;
+  `extra` holds per-step arrays [C, ...] that join each concept's batch as they are.
 
   `frozen` (the base model's params, or None) is an argument, not a closure, so it is never baked into the
   compiled program as a constant.
   """
   chex.assert_equal_shape([indices, weights])
   batch = jax.tree.map(lambda a: a[indices], examples)  # [C, B, ...]
-  batch["weight"] = weights
+  batch.update(extra, weight=weights)
   progress = step / max(cfg.total_steps, 1)
   update = functools.partial(_concept_update, cfg, loss_fn, frozen)
   return jax.vmap(update, in_axes=(0, 0, 0, None))(params, opt_state, batch, progress)
 
 
 def train_jointly(cfg: OptimConfig, loss_fn: LossFn, params: PyTree, examples: dict[str, jax.Array],
-                  batches: Sequence[tuple[Any, Any]], frozen: PyTree = None,
+                  batches: Sequence[StepBatch], frozen: PyTree = None,
                   progress: Callable[[int, dict[str, np.ndarray]], None] | None = None,
                   checkpoint: EpochCheckpoint | None = None) -> tuple[PyTree, dict[str, np.ndarray]]:
-  """Runs `joint_step` over `batches` of (indices [C, B], weights [C, B]).
+  """Runs `joint_step` over `batches`.
 
   Returns the trained params [C, ...] and the training record: {"loss" and each of the objective's parts:
   [steps, C] float32}, entries of a concept's filler steps NaN. With a `checkpoint`, the state is saved after
@@ -100,10 +111,11 @@ def train_jointly(cfg: OptimConfig, loss_fn: LossFn, params: PyTree, examples: d
     start, (params, opt_state), saved_record = saved
     record = {k: list(v) for k, v in saved_record.items()}
   for step in range(start, len(batches)):
-    indices, weights = batches[step]
-    params, opt_state, values = joint_step(cfg, loss_fn, params, opt_state, examples, jnp.asarray(indices),
-                                           jnp.asarray(weights, jnp.float32), step, frozen)
-    active = np.asarray(weights).any(axis=1)
+    batch = batches[step]
+    params, opt_state, values = joint_step(cfg, loss_fn, params, opt_state, examples, jnp.asarray(batch.rows),
+                                           jnp.asarray(batch.weight, jnp.float32),
+                                           {k: jnp.asarray(v) for k, v in batch.extra.items()}, step, frozen)
+    active = np.asarray(batch.weight).any(axis=1)
     values = {k: np.where(active, np.asarray(v, np.float32), np.nan) for k, v in values.items()}
     for k, v in values.items():
       record.setdefault(k, []).append(v)

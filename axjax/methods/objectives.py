@@ -64,12 +64,11 @@ class UpperModel:
     frame = frame_from_mask(batch["mask"])
     upper = layer_slice(model_params, self.layer + 1, c.num_layers)
     h, _, _ = run_layers(upper, c, h, frame, self.layer + 1, remat=self.remat)
-    # Gather the positions that predict an output token: [B, P] with their targets.
-    pos, valid = batch["loss_positions"], batch["loss_valid"] * batch["weight"][:, None]
-    rows = jnp.take_along_axis(h, pos[..., None], axis=1)
-    targets = jnp.take_along_axis(batch["tokens"], pos + 1, axis=1)
-    nll = token_nll(model_params, c, rows.reshape(-1, c.hidden_size), targets.reshape(-1))
-    return _weighted_mean(nll, valid.reshape(-1))
+    # Only the packed positions that predict an output token reach the output layer (batching.packed_loss_positions).
+    index, valid = batch["loss_index"], batch["loss_valid"]
+    rows = h.reshape(-1, c.hidden_size)[index]
+    nll = token_nll(model_params, c, rows, batch["tokens"].reshape(-1)[index + 1])
+    return _weighted_mean(nll, valid)
 
 
 # Each objective is a frozen dataclass: static under jit and hashable by value, so every training run with the
