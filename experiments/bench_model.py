@@ -10,6 +10,10 @@ Suites:
                transformers `generate` with a forward hook at layer L, batch 10 (AxBench's steering way).
   train        ReFT-r1 training concepts/hour: axjax jointly over concepts, axjax one concept at a time, and a
                PyTorch + transformers reference trained the AxBench way (hook at layer L, one concept, batch 6).
+  predict      PREDICTED cost of the ReFT-r1 joint step at a preset's shape (default Gemma-2-2B, bf16, layer 20)
+               for C concepts, from XLA's compiled cost and memory analyses on abstract shapes (nothing runs):
+               FLOPs, bytes, arithmetic intensity, roofline step time, the concept chunk that fits --predict_memory_gb.
+               Only run when named in --suite.
 
 `--model=random:<preset>` (e.g. random:gemma-2-2b) benchmarks random weights of an `axjax.PRESETS` shape on both
 sides, for machines with an accelerator:
@@ -44,11 +48,12 @@ from axjax.generation.sampling import SamplingConfig  # noqa: E402
 from axjax.loading.load import DTYPES  # noqa: E402
 from experiments import cli  # noqa: E402
 
-SUITES = ("forward", "decode", "load_memory", "train", "steer")
+SUITES = ("forward", "decode", "load_memory", "train", "steer", "predict")
 RANDOM_PREFIX = "random:"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("suite", list(SUITES), f"Benchmarks to run, a comma list of: {', '.join(SUITES)}.")
+flags.DEFINE_list("suite", list(SUITES[:-1]), f"Benchmarks to run, a comma list of: {', '.join(SUITES)} "
+                  "(all but predict by default).")
 flags.DEFINE_string("model", axjax.EMBEDDED_MODEL,
                     "Model for forward/decode: an `axjax.load` source (the embedded gemma-3-270m, a .gguf file "
                     f"or an HF checkpoint folder) or '{RANDOM_PREFIX}<preset>' for random weights of an "
@@ -80,10 +85,28 @@ flags.DEFINE_integer("steer_layer", 12, "Layer after which each row's vector is 
 flags.DEFINE_integer("steer_repeats", 2, "Timed runs per implementation in the steer suite, after one warm-up.")
 flags.DEFINE_float("peak_tflops", None, "Accelerator peak TFLOP/s for the model-FLOP utilisation of the joint run "
                    "(e.g. 989 for an H100's dense bf16); without it no utilisation is reported.")
+flags.DEFINE_enum("predict_preset", "gemma-2-2b", list(axjax.PRESETS), "Shape of the predict suite's model.")
+flags.DEFINE_enum("predict_dtype", "bfloat16", ["float32", "bfloat16"], "Predict: parameter and activation dtype.")
+flags.DEFINE_integer("predict_layer", 20, "Predict: layer whose output ReFT-r1 edits.")
+flags.DEFINE_list("predict_concepts", ["1", "16", "64"], "Predict: concept counts C compiled (at least two for the "
+                  "memory fit).")
+flags.DEFINE_list("predict_remat", ["true", "false"], "Predict: UpperModel.remat settings compiled.")
+flags.DEFINE_integer("predict_batch", 6, "Predict: rows per concept per step (AxBench's 2B batch).")
+flags.DEFINE_integer("predict_length", 256, "Predict: tokens per row (AxBench's 2B examples are ~150-300).")
+flags.DEFINE_integer("predict_loss_positions", 128, "Predict: output tokens per row reaching the LM loss.")
+flags.DEFINE_integer("predict_examples", 144, "Predict: examples per concept (Concept500: 144), for the steps per "
+                     "concept and the activation-cache bytes.")
+flags.DEFINE_float("predict_peak_tflops", 989.0, "Predict: peak TFLOP/s of the roofline (H100 SXM dense bf16).")
+flags.DEFINE_float("predict_bandwidth_tbps", 3.35, "Predict: memory bandwidth TB/s of the roofline (H100 SXM).")
+flags.DEFINE_float("predict_memory_gb", 80.0, "Predict: device memory budget in GB (1e9 bytes) for the chunk size.")
 flags.register_validator("suite", lambda names: set(names) <= set(SUITES),
                          f"--suite takes a comma list of: {', '.join(SUITES)}")
 flags.register_validator("model", lambda m: not m.startswith(RANDOM_PREFIX) or m[len(RANDOM_PREFIX):] in axjax.PRESETS,
                          f"--model={RANDOM_PREFIX}<preset> takes one of: {', '.join(axjax.PRESETS)}")
+flags.register_validator("predict_concepts", lambda sizes: all(s.isdigit() and int(s) > 0 for s in sizes),
+                         "--predict_concepts takes a comma list of positive integers")
+flags.register_validator("predict_remat", lambda values: set(values) <= {"true", "false"},
+                         "--predict_remat takes a comma list of true, false")
 flags.register_validator("decode_batch_sizes", lambda sizes: all(s.isdigit() and int(s) > 0 for s in sizes),
                          "--decode_batch_sizes takes a comma list of positive integers")
 
@@ -371,6 +394,20 @@ def bench_steer(pair: Pair) -> dict[str, Any]:
           "ratio": seconds["transformers"] / seconds["axjax"], "load_average_1m": os.getloadavg()[0]}
 
 
+def bench_predict() -> dict[str, Any]:
+  """Predicted cost of the ReFT-r1 joint step at --predict_preset's shape, from XLA's compiled analyses."""
+  from axjax.benchmarks import compiled_cost
+
+  shape = compiled_cost.StepShape(axjax.PRESETS[FLAGS.predict_preset], FLAGS.predict_layer, FLAGS.predict_batch,
+                                  FLAGS.predict_length, FLAGS.predict_loss_positions, DTYPES[FLAGS.predict_dtype],
+                                  FLAGS.predict_examples)
+  log(f"predict: {FLAGS.predict_preset} ({FLAGS.predict_dtype}), layer {FLAGS.predict_layer}, concepts "
+      f"{','.join(FLAGS.predict_concepts)}, remat {','.join(FLAGS.predict_remat)}: compiling on abstract shapes")
+  return compiled_cost.predict(shape, tuple(int(c) for c in FLAGS.predict_concepts),
+                               tuple(r == "true" for r in FLAGS.predict_remat), FLAGS.predict_peak_tflops * 1e12,
+                               FLAGS.predict_bandwidth_tbps * 1e12, FLAGS.predict_memory_gb * 1e9, log=log)
+
+
 def machine() -> dict[str, Any]:
   """Where the figures were taken."""
   import torch
@@ -425,6 +462,10 @@ def print_table(results: dict[str, Any]) -> None:
           f"{r['joint_tokens_per_s']:.0f} tokens/s"
           + (f", model FLOP utilisation {r['joint_model_flop_utilisation']:.1%}"
              if "joint_model_flop_utilisation" in r else ""))
+  if "predict" in results:
+    from axjax.benchmarks import compiled_cost
+
+    print(compiled_cost.format_table(results["predict"]))
 
 
 def main(argv: list[str]) -> None:
@@ -445,6 +486,8 @@ def main(argv: list[str]) -> None:
     del pair  # frees the models before load_memory writes its checkpoint
   if "load_memory" in FLAGS.suite:
     results["load_memory"] = bench_load_memory()
+  if "predict" in FLAGS.suite:
+    results["predict"] = bench_predict()
   print_table(results)
   os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
   with open(FLAGS.output, "w") as f:
