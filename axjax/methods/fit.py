@@ -170,7 +170,7 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
   trained, record = train_jointly(cfg, loss, {"w": jnp.asarray(init, jnp.float32)},
                                   {k: jnp.asarray(v) for k, v in arrays.items()}, batches,
                                   frozen=cache.model.params, progress=report, checkpoint=checkpoint)
-  return np.asarray(trained["w"]), record, per_epoch
+  return np.array(trained["w"]), record, per_epoch
 
 
 def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] | None = None, seed: int = 0,
