@@ -8,7 +8,7 @@ import pytest
 import axjax
 from axjax.methods.activations import layer_activations
 from axjax.data.batching import packed_loss_positions
-from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly
+from axjax.methods.joint_training import OptimConfig, StepBatch, compile_step, init_state, train_jointly
 from axjax.methods.objectives import ProbeObjective, ReftR1Objective, SsvObjective, UpperModel
 
 LAYER, U, T, P, C, B = 2, 12, 14, 6, 3, 2
@@ -68,3 +68,22 @@ def test_equal_objectives_share_one_compiled_step():
   assert ReftR1Objective(upper, 8, 5e-3) == ReftR1Objective(upper, 8, 5e-3)
   assert hash(ReftR1Objective(upper, 8, 5e-3)) == hash(ReftR1Objective(upper, 8, 5e-3))
   assert ReftR1Objective(upper, 8, 5e-3) != ReftR1Objective(upper, 4, 5e-3)
+
+
+def test_step_keeps_activations_when_they_fit_and_recomputes_them_when_not(setup):
+  """Keeping the upper layers' activations needs more temporary memory than recomputing them; the trainer
+  takes the first objective whose compiled step fits the limit, and both compute the same training."""
+  lm, examples, loss_mask = setup
+  keep, recompute = (ReftR1Objective(UpperModel(lm.config, LAYER, remat=r), topk=3, coeff_l1=0.05)
+                     for r in (False, True))
+  cfg = OptimConfig(lr=0.01, total_steps=4, clip_norm=1.0, unit_norm_key="w")
+  init = {"w": jnp.full((C, lm.config.hidden_size), 0.01)}
+  batches = schedule(range(C), loss_mask)
+  temp = {}
+  for name, objective in (("keep", keep), ("recompute", recompute)):
+    compiled = compile_step(cfg, objective, init, init_state(cfg, init), examples, batches[0], lm.params)
+    temp[name] = compiled.memory_analysis().temp_size_in_bytes
+  assert temp["recompute"] < temp["keep"]
+  roomy = train_jointly(cfg, [keep, recompute], init, examples, batches, frozen=lm.params, memory_limit=2**40)
+  tight = train_jointly(cfg, [keep, recompute], init, examples, batches, frozen=lm.params, memory_limit=0)
+  np.testing.assert_allclose(np.asarray(roomy[0]["w"]), np.asarray(tight[0]["w"]), rtol=1e-6, atol=1e-7)

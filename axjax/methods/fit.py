@@ -133,14 +133,15 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
     ex, acts = cache.examples("lm_all" if spec.name == "ReFT-r1" else "lm_positive")
     arrays = {"acts": acts, "mask": ex.attention_mask, "tokens": ex.tokens,
               "position_mask": ex.intervention_mask.astype(np.float32)}
-    upper = objectives.UpperModel(config, cache.layer)
+    # Fastest first: keep the upper layers' activations for the backward pass if memory allows, else recompute.
+    uppers = [objectives.UpperModel(config, cache.layer, remat=remat) for remat in (False, True)]
     if spec.name == "ReFT-r1":
       arrays["pad_acts"] = acts[np.arange(len(acts)), ex.attention_mask.sum(axis=1)]  # each row's first pad
-      loss = objectives.ReftR1Objective(upper, hp["topk"], hp["coeff_latent_l1_loss"],
-                                        pad_in_topk=hp["topk_candidates"] == "axbench")
+      loss = [objectives.ReftR1Objective(upper, hp["topk"], hp["coeff_latent_l1_loss"],
+                                         pad_in_topk=hp["topk_candidates"] == "axbench") for upper in uppers]
       optim = dict(clip_norm=1.0, unit_norm_key="w")
     else:
-      loss = objectives.SsvObjective(upper)
+      loss = [objectives.SsvObjective(upper) for upper in uppers]
       optim = {}
   subset = np.arange(len(ex.concept_ids)) if subset is None else subset
   concept_ids, row_valid = ex.concept_ids[subset], ex.row_valid[subset]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, NamedTuple, Sequence
 
+from absl import logging
 import chex
 import jax
 import jax.numpy as jnp
@@ -92,17 +94,50 @@ def joint_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, i
   return jax.vmap(update, in_axes=(0, 0, 0, None))(params, opt_state, batch, progress)
 
 
-def train_jointly(cfg: OptimConfig, loss_fn: LossFn, params: PyTree, examples: dict[str, jax.Array],
-                  batches: Sequence[StepBatch], frozen: PyTree = None,
+def memory_budget() -> int:
+  """Bytes one training step may use beyond its arguments: 90% of an accelerator's memory limit, or half the
+  host memory free now on the CPU."""
+  stats = jax.devices()[0].memory_stats()
+  if stats and "bytes_limit" in stats:
+    return int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def compile_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, batch: StepBatch, frozen):
+  """`joint_step` compiled ahead of time for these shapes: its memory analysis is known before it runs."""
+  return joint_step.lower(cfg, loss_fn, params, opt_state, examples, jnp.asarray(batch.rows),
+                          jnp.asarray(batch.weight, jnp.float32),
+                          {k: jnp.asarray(v) for k, v in batch.extra.items()}, 0, frozen).compile()
+
+
+def _fitting_step(cfg, loss_fns: Sequence[LossFn], params, opt_state, examples, batch, frozen, budget):
+  """The compiled step of the first objective (the fastest first) whose temporaries and outputs fit `budget`;
+  the last one if none does."""
+  for loss_fn in loss_fns:
+    step = compile_step(cfg, loss_fn, params, opt_state, examples, batch, frozen)
+    memory = step.memory_analysis()
+    needed = memory.temp_size_in_bytes + memory.output_size_in_bytes
+    if needed <= budget or loss_fn is loss_fns[-1]:
+      logging.info("training step: %s, %.2f GB of temporaries and outputs (budget %.2f GB)", loss_fn,
+                   needed / 1e9, budget / 1e9)
+      return step
+
+
+def train_jointly(cfg: OptimConfig, loss_fn: LossFn | Sequence[LossFn], params: PyTree,
+                  examples: dict[str, jax.Array], batches: Sequence[StepBatch], frozen: PyTree = None,
                   progress: Callable[[int, dict[str, np.ndarray]], None] | None = None,
-                  checkpoint: EpochCheckpoint | None = None) -> tuple[PyTree, dict[str, np.ndarray]]:
+                  checkpoint: EpochCheckpoint | None = None,
+                  memory_limit: int | None = None) -> tuple[PyTree, dict[str, np.ndarray]]:
   """Runs `joint_step` over `batches`.
 
+  `loss_fn` may be a sequence of equivalent objectives, fastest first (e.g. keeping activations, then
+  recomputing them): the first whose compiled step fits `memory_limit` (default `memory_budget()`) trains.
   Returns the trained params [C, ...] and the training record: {"loss" and each of the objective's parts:
   [steps, C] float32}, entries of a concept's filler steps NaN. With a `checkpoint`, the state is saved after
   every epoch and a rerun continues from the last one saved, ending with exactly the numbers of an
   uninterrupted run.
   """
+  loss_fns = tuple(loss_fn) if isinstance(loss_fn, (list, tuple)) else (loss_fn,)
   opt_state = init_state(cfg, params)
   params = jax.tree.map(jnp.array, params)  # our own copy: the step donates its buffers
   record: dict[str, list[np.ndarray]] = {}
@@ -110,11 +145,14 @@ def train_jointly(cfg: OptimConfig, loss_fn: LossFn, params: PyTree, examples: d
   if checkpoint is not None and (saved := checkpoint.restore((params, opt_state))) is not None:
     start, (params, opt_state), saved_record = saved
     record = {k: list(v) for k, v in saved_record.items()}
+  if start < len(batches):
+    budget = memory_budget() if memory_limit is None else memory_limit
+    step_fn = _fitting_step(cfg, loss_fns, params, opt_state, examples, batches[start], frozen, budget)
   for step in range(start, len(batches)):
     batch = batches[step]
-    params, opt_state, values = joint_step(cfg, loss_fn, params, opt_state, examples, jnp.asarray(batch.rows),
-                                           jnp.asarray(batch.weight, jnp.float32),
-                                           {k: jnp.asarray(v) for k, v in batch.extra.items()}, step, frozen)
+    params, opt_state, values = step_fn(params, opt_state, examples, jnp.asarray(batch.rows),
+                                        jnp.asarray(batch.weight, jnp.float32),
+                                        {k: jnp.asarray(v) for k, v in batch.extra.items()}, step, frozen)
     active = np.asarray(batch.weight).any(axis=1)
     values = {k: np.where(active, np.asarray(v, np.float32), np.nan) for k, v in values.items()}
     for k, v in values.items():
