@@ -36,12 +36,17 @@ if os.environ.get("AXJAX_TEST_HIDE_TORCH") == "1":
     raise RuntimeError("AXJAX_TEST_HIDE_TORCH=1, but torch was imported before tests/conftest.py")
   sys.meta_path[:] = [_HideTorch(f) for f in sys.meta_path]
 
+import jax
 import numpy as np
 import pytest
 
 import transformers
 
 import axjax
+
+# The parity tests (against transformers, PyTorch and numpy) hold at full float32 matmul precision. That is the
+# CPU's only mode; on a GPU or TPU JAX's default would be TF32 or bf16 passes, which the tolerances do not cover.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=7, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=256)

@@ -1,4 +1,5 @@
-"""The embedded Gemma 3 270M equals transformers' own GGUF load of the same file."""
+"""The embedded Gemma 3 270M equals transformers' own GGUF load of the same file (float32, full matmul precision
+as set in conftest.py; bfloat16 within its stated tolerance)."""
 
 import os
 

@@ -1,10 +1,13 @@
 """fit_method end to end for the gradient-trained methods on a tiny random model: training record, dead
 latents and their remedy, and resuming a killed training run to identical numbers."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import axjax
+from axjax.data.batching import packed_loss_positions
 from axjax.data.axbench_format import read_axbench
 from axjax.methods import fit
 from axjax.methods.fit import ActivationCache, fit_method
@@ -89,3 +92,27 @@ def test_killed_training_resumes_from_its_last_epoch_to_identical_numbers(cache,
   with pytest.raises(axjax.AxjaxError, match="holds training state saved with other settings"):
     fit_method("ReFT-r1", cache, overrides={"n_epochs": 3, "lr": 0.5}, checkpoint_dir=str(tmp_path),
                progress=kill_in_epoch_two)
+
+
+def test_bfloat16_means_the_model_and_the_training_forward_run_in_bfloat16(tiny_with_tokenizer):
+  """--dtype=bfloat16: cached activations and the upper layers in training are bf16; latents, losses and the
+  trained weights stay float32."""
+  model = axjax.load(tiny_with_tokenizer, "bfloat16")
+  cache = ActivationCache(model, read_axbench("concept10/prod_2b_l20_v1", max_concepts=2), layer=1,
+                          max_examples=12)
+  ex, acts = cache.examples("lm_all")
+  assert acts.dtype == jnp.bfloat16
+  objective = fit.objectives.ReftR1Objective(fit.objectives.UpperModel(model.config, 1), 8, 5e-3)
+  rows = np.arange(3)
+  index, valid = packed_loss_positions(ex.loss_mask, rows[None], np.ones((1, 3)))
+  batch = {"acts": acts[rows], "mask": ex.attention_mask[rows], "tokens": ex.tokens[rows],
+           "position_mask": ex.intervention_mask[rows].astype(np.float32), "loss_index": index[0],
+           "loss_valid": valid[0], "pad_acts": acts[rows, ex.attention_mask[rows].sum(1)], "weight": np.ones(3)}
+  w = {"w": jnp.full((model.config.hidden_size,), 0.01)}
+  jaxpr = str(jax.make_jaxpr(objective)(w, batch, 0.5, model.params))
+  layer_dots = [line for line in jaxpr.splitlines() if "dot_general" in line and "bf16[" in line]
+  assert len(layer_dots) == 9  # the scanned decoder layer: q, k, v, scores, mix, o, gate, up, down in bf16
+  loss, parts = jax.jit(objective)(w, batch, 0.5, model.params)
+  assert loss.dtype == jnp.float32 and np.isfinite(float(loss)) and parts["lm"].dtype == jnp.float32
+  result = fit_method("ReFT-r1", cache, overrides={"n_epochs": 1})
+  assert result.dictionary.weights.dtype == np.float32 and np.isfinite(result.dictionary.weights).all()

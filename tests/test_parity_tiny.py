@@ -1,4 +1,5 @@
-"""axjax equals transformers (PyTorch) on tiny random Gemma 1, 2 and 3 checkpoints loaded through `axjax.load`."""
+"""axjax equals transformers (PyTorch) on tiny random Gemma 1, 2 and 3 checkpoints loaded through `axjax.load`,
+in float32 at full matmul precision (set for every test in conftest.py)."""
 
 import json
 import os

@@ -17,12 +17,13 @@ from axjax.model.transformer import embed, frame_from_mask, layer_slice, run_lay
 def _residual(params, config: GemmaConfig, tokens, mask, layer: int):
   x = embed(params, config, tokens)
   x, _, _ = run_layers(layer_slice(params, 0, layer + 1), config, x, frame_from_mask(mask), 0)
-  return x.astype(jnp.float32)
+  return x
 
 
 def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, layer: int,
                       batch_size: int = 16, width_multiple: int = 64, progress=None) -> np.ndarray:
-  """Residual stream after `layer` for tokens [N, T] (right-padded; mask [N, T]) as float32 [N, T, d].
+  """Residual stream after `layer` for tokens [N, T] (right-padded; mask [N, T]) as [N, T, d] in the model's
+  dtype (bfloat16 halves the host memory; every consumer computes its statistics and scores in float32).
 
   Rows run in order of length, each batch only as wide as its longest row plus one pad (rounded up to
   `width_multiple`), so padding costs little and a handful of shapes compile. The state of the first pad after
@@ -35,7 +36,7 @@ def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.
   n, t = tokens.shape
   lengths = mask.sum(axis=1)
   order = np.argsort(lengths, kind="stable")
-  out = np.zeros((n, t, config.hidden_size), np.float32)
+  out = np.zeros((n, t, config.hidden_size), params["embed"].dtype)
   for start in range(0, n, batch_size):
     rows = order[np.arange(start, start + batch_size).clip(max=n - 1)]  # last batch padded with copies
     width = min(t, -(-(int(lengths[rows].max()) + 1) // width_multiple) * width_multiple)

@@ -73,7 +73,7 @@ def _closed_form(name: str, ex, acts: np.ndarray, seed: int) -> np.ndarray:
   for start in range(0, len(ex.concept_ids), _CONCEPT_CHUNK):
     index = ex.index[start:start + _CONCEPT_CHUNK]
     c, n = index.shape
-    a = acts[index].reshape(c, -1, acts.shape[-1])
+    a = acts[index].reshape(c, -1, acts.shape[-1]).astype(np.float32)
     valid = (ex.score_mask[index] & ex.row_valid[start:start + c, :, None]).reshape(c, -1)
     labels = np.broadcast_to(ex.labels[start:start + c, :, None], (c, n, acts.shape[1])).reshape(c, -1)
     if name == "LAT":

@@ -21,6 +21,12 @@ def _weighted_mean(values: Array, weights: Array) -> Array:
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def _scores(h: Array, w: Array) -> Array:
+  """h . w [..., T] in float32 at full matmul precision, whatever the model dtype (as detection scores)."""
+  return jnp.einsum("...d,d->...", h.astype(jnp.float32), w.astype(jnp.float32),
+                    precision=jax.lax.Precision.HIGHEST)
+
+
 def bce_with_logits(logits: Array, labels: Array) -> Array:
   """Binary cross-entropy of sigmoid(logits), computed stably: the gradient never saturates."""
   return -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
@@ -87,8 +93,7 @@ class ProbeObjective:
 
   def __call__(self, params, batch, progress, frozen) -> tuple[Array, dict[str, Array]]:
     del progress, frozen
-    logits = jnp.einsum("btd,d->bt", batch["acts"], params["w"].astype(batch["acts"].dtype),
-                        preferred_element_type=jnp.float32)
+    logits = _scores(batch["acts"], params["w"])
     labels = jnp.broadcast_to(batch["label"][:, None].astype(jnp.float32), logits.shape)
     mask = batch["position_mask"] * batch["weight"][:, None]
     bce = _weighted_mean((axbench_bce if self.saturating else bce_with_logits)(logits, labels), mask)
@@ -103,7 +108,7 @@ def _pad_copies(batch, topk: int, w: Array) -> Array:
   the batch's longest with the index of the row's first pad token, so those copies can enter the top-k."""
   counts = jnp.sum(batch["position_mask"], axis=-1)
   longest = jnp.max(jnp.where(batch["weight"] > 0, counts, 0.0))  # filler rows are not in AxBench's batch
-  pad_latent = jax.nn.relu(jnp.einsum("bd,d->b", batch["pad_acts"], w, preferred_element_type=jnp.float32))
+  pad_latent = jax.nn.relu(_scores(batch["pad_acts"], w))
   copies = longest - counts
   return jnp.where(jnp.arange(topk)[None] < copies[:, None], pad_latent[:, None], -1.0)
 
@@ -123,16 +128,15 @@ class ReftR1Objective:
   pad_in_topk: bool = True
 
   def __call__(self, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:
-    h, where = batch["acts"], batch["position_mask"]
-    w = params["w"].astype(h.dtype)
-    latent = jax.nn.relu(jnp.einsum("btd,d->bt", h, w, preferred_element_type=jnp.float32))
+    h, where, w = batch["acts"], batch["position_mask"], params["w"]
+    latent = jax.nn.relu(_scores(h, w))
     candidates = jnp.where(where > 0, latent, -1.0)  # top-k over intervened positions only
     if self.pad_in_topk:
       candidates = jnp.concatenate([candidates, _pad_copies(batch, self.topk, w)], axis=-1)
     top, top_idx = jax.lax.top_k(candidates, self.topk)
     magnitude = jnp.mean(jnp.maximum(top, 0.0), axis=-1)  # [B]
-    steer = (magnitude[:, None, None] * params["w"].astype(jnp.float32)).astype(h.dtype)
-    steered = h + jnp.where(where[..., None] > 0, steer, jnp.zeros((), h.dtype))
+    steer = where[..., None] * magnitude[:, None, None] * w  # float32, added in float32, then the model dtype
+    steered = (h.astype(jnp.float32) + steer).astype(h.dtype)
     rows = jnp.arange(h.shape[0])[:, None]
     in_top = jnp.zeros(candidates.shape, jnp.float32).at[rows, top_idx].set(1.0)[:, :h.shape[1]]
     non_top = latent * (1.0 - in_top) * where
@@ -153,6 +157,6 @@ class SsvObjective:
     h, where = batch["acts"], batch["position_mask"]
     steered = (h.astype(jnp.float32) + where[..., None] * params["w"]).astype(h.dtype)
     lm = self.upper.output_nll(model_params, steered, batch)
-    score = jnp.einsum("btd,d->bt", h, params["w"].astype(h.dtype), preferred_element_type=jnp.float32)
+    score = _scores(h, params["w"])
     fired = _weighted_mean(jnp.sum((score > 0) * where, -1) / jnp.maximum(where.sum(-1), 1.0), batch["weight"])
     return lm, {"lm": lm, "fired": fired}
