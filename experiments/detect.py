@@ -4,7 +4,9 @@
   python -m experiments.detect --data=conceptFD/prod_2b_l10_v1 --layer=6 --methods=DiffMean,LinearProbe
 
 Writes into --output_dir: dictionaries/<method>/ (Orbax), detection/<method>.json, detection.json (all
-methods), summary.md (AUROC per concept and method) and run.json (the settings). Rerunning the same command
+methods), summary.md (AUROC per concept and method), run.json (the settings), and for gradient-trained methods
+training/<method>.parquet (per concept and step: loss and its parts), training/<method>.json (final loss, dead
+latents) and training_loss.png. Rerunning the same command
 skips methods already finished; a different model, data, layer or seed in the same folder is refused.
 """
 
@@ -17,7 +19,8 @@ import axjax
 from axjax import atomic_files
 from axjax.data.axbench_format import read_axbench
 from axjax.methods import registry
-from axjax.methods.detection_run import check_run, run_detection, summary_table
+from axjax.methods.detection_run import check_run, run_detection, summary_table, training_records
+from axjax.steering_eval.report import TRAINING_PLOT, training_loss_plot
 from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache
 from experiments import cli
 
@@ -29,6 +32,9 @@ _METHODS = flags.DEFINE_list("methods", ["DiffMean", "PCA", "LAT", "LinearProbe"
                              f"Methods to train and evaluate, from: {', '.join(registry.METHODS)}.")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Results folder (default checkpoints/detect-<data>-l<layer>).")
 _MAX_CONCEPTS = flags.DEFINE_integer("max_concepts", None, "Use only the first N concepts.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None,
+                                     "Train on at most N examples per concept, half positives and half negatives "
+                                     "(AxBench's max_num_of_examples, its scaling-law sweep).")
 _HPARAMS = flags.DEFINE_list("hparams", [], "Overrides as Method.name=value, e.g. ReFT-r1.n_epochs=1.")
 _IMBALANCE = flags.DEFINE_integer("imbalance_factor", 100,
                                   "Negatives per positive in the imbalanced F1 setting (capped by the data).")
@@ -51,13 +57,15 @@ def main(argv):
   for name in methods:
     registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
   check_run(output, {"model": model.name, "data": _DATA.value, "layer": _LAYER.value, "seed": _SEED.value,
-                     "dtype": _DTYPE.value, "max_concepts": _MAX_CONCEPTS.value,
+                     "dtype": _DTYPE.value, "max_concepts": _MAX_CONCEPTS.value, "max_examples": _MAX_EXAMPLES.value,
                      "concept_ids": [c.concept_id for c in data.concepts]})
-  cache = ActivationCache(model, data, _LAYER.value, cli.progress_bars())
+  cache = ActivationCache(model, data, _LAYER.value, cli.progress_bars(), max_examples=_MAX_EXAMPLES.value)
   reports, _ = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                              dead_latent_remedy=_DEAD_REMEDY.value,
                              imbalance_factor=_IMBALANCE.value, log=lambda line: print(line, flush=True))
   atomic_files.write_json(os.path.join(output, "detection.json"), reports)
+  if records := training_records(output, methods):
+    atomic_files.write_bytes(os.path.join(output, TRAINING_PLOT), training_loss_plot(records))
   table = summary_table(reports, {c.concept_id: c.name for c in data.concepts})
   atomic_files.write_text(os.path.join(output, "summary.md"),
                           f"# Concept detection: {model.name}, {_DATA.value}, layer {_LAYER.value}\n\n{table}")

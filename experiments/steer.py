@@ -29,7 +29,7 @@ from axjax.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
 from axjax.judges.proxy import ProxyJudge
 from axjax.loading.tokenizer import cache_dir
 from axjax.methods import registry
-from axjax.methods.detection_run import check_run, read_reusable, run_detection, seed_results
+from axjax.methods.detection_run import check_run, read_reusable, run_detection, seed_results, training_records
 from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache
 from axjax.steering_eval.generate_rows import generate_rows
 from axjax.steering_eval.instructions import read_instructions
@@ -168,7 +168,8 @@ def main(argv):
   atomic_files.write_parquet(os.path.join(output, "steering", "ratings.parquet"),
                              table[["row_id"] + [f"{a}_rating" for a in ASPECTS]].assign(judge=judge.name))
   results = write_report(output, table, judge_name=judge.name, judge_is_proxy=judge.is_proxy,
-                         judge_usage=judge.usage(), baseline=baseline, detection=reports, settings=settings)
+                         judge_usage=judge.usage(), baseline=baseline, detection=reports, settings=settings,
+                         training=training_records(output, methods))
   print(_summary_lines(results, output), flush=True)
 
 

@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 
 import axjax
 
@@ -54,3 +56,22 @@ def test_detect_refuses_bad_input_before_any_work(tmp_path):
     assert result.returncode == 2, flag
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-500:]
   assert not os.path.exists(tmp_path / "x")
+
+
+def test_detect_trains_every_gradient_method_and_records_training(tiny_with_tokenizer, tmp_path):
+  """LinearProbe, ReFT-r1 and SSV through the CLI: dictionaries, detection reports with each concept's training
+  summary, per-step training records, the loss plot and one summary line per method."""
+  out = str(tmp_path / "trained")
+  result = detect(f"--model={tiny_with_tokenizer}", "--layer=1", "--max_concepts=2", "--max_examples=12",
+                  "--methods=LinearProbe,ReFT-r1,SSV", f"--output_dir={out}",
+                  "--hparams=LinearProbe.n_epochs=2,ReFT-r1.n_epochs=2,SSV.n_epochs=1", timeout=900)
+  assert result.returncode == 0, result.stderr[-2000:]
+  for name, steps in {"LinearProbe": 2 * 1, "ReFT-r1": 2 * 2, "SSV": 1 * 1}.items():
+    record = pd.read_parquet(os.path.join(out, "training", f"{name}.parquet"))
+    assert len(record) == 2 * steps and np.isfinite(record["loss"]).all()  # 12 examples: 1 or 2 steps per epoch
+    report = json.load(open(os.path.join(out, "detection", f"{name}.json")))
+    assert [t["concept_id"] for t in report["training"]] == [0, 1]
+    assert ("dead_latents" in report) and (("dead_latent" in report["training"][0]) == (name != "LinearProbe"))
+    assert re.search(rf"^{name}: final training loss [-\d.e]+ to [-\d.e]+ over 2 concepts", result.stdout, re.M)
+    assert not os.path.exists(os.path.join(out, "training", name))  # per-epoch state removed once finished
+  assert open(os.path.join(out, "training_loss.png"), "rb").read(4) == b"\x89PNG"

@@ -13,6 +13,7 @@ import shutil
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from axjax import atomic_files
 from axjax.dictionary import Dictionary, load_dictionary, save_dictionary
@@ -130,6 +131,12 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
     reports[name], dictionaries[name] = report, dictionary
     log(f"{name}: mean AUROC {report['mean']['roc']['roc_auc']:.3f} over {len(report['concepts'])} concepts")
   return reports, dictionaries
+
+
+def training_records(output_dir: str, methods: Sequence[str]) -> dict[str, pd.DataFrame]:
+  """The training record (training/<method>.parquet) of each gradient-trained method among `methods`."""
+  paths = {name: os.path.join(output_dir, "training", f"{name}.parquet") for name in methods}
+  return {name: pd.read_parquet(path) for name, path in paths.items() if os.path.exists(path)}
 
 
 def summary_table(reports: dict[str, dict], names: dict[int, str]) -> str:

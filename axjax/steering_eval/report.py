@@ -22,6 +22,7 @@ from axjax.steering_eval import scores
 
 N_BOOT, SEED = 1000, 0  # AxBench-style bootstrap over concepts, fixed so reruns give the same CIs
 RESULTS, REPORT, FACTOR_PLOT, ROC_PLOT = "results.json", "report.md", "steering_factors.png", "detection_roc.png"
+TRAINING_PLOT = "training_loss.png"
 PROXY_WARNING = ("**Offline proxy judge: these scores come from an offline proxy judge that only approximates "
                  "AxBench's rubric; they are not comparable to the paper's GPT-4o-mini judge or its numbers.**")
 PANELS = (("score", "Overall (harmonic mean)"), ("concept_rating", "Concept"),
@@ -30,10 +31,11 @@ PANELS = (("score", "Overall (harmonic mean)"), ("concept_rating", "Concept"),
 
 def write_report(output_dir: str, df: pd.DataFrame, *, judge_name: str, judge_is_proxy: bool,
                  judge_usage: dict, baseline: str | None, detection: dict[str, dict] | None,
-                 settings: dict) -> dict[str, Any]:
+                 settings: dict, training: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
   """Scores `df` as AxBench does and writes results.json, report.md and plots into output_dir; returns results.json.
 
-  `detection` maps a method to its detection_report output and adds an AUROC table and ROC plot.
+  `detection` maps a method to its detection_report output and adds an AUROC table and ROC plot; `training`
+  maps a gradient-trained method to its training record and adds loss curves.
   """
   curves = scores.factor_curves(df)
   selection = scores.select_factors(df)
@@ -42,8 +44,8 @@ def write_report(output_dir: str, df: pd.DataFrame, *, judge_name: str, judge_is
   wins = None if baseline is None else scores.winrates(heldout, baseline)
   mean_curves = scores.mean_factor_curves(curves)
   aurocs = None if detection is None else _detection_aurocs(detection)
-  plots = [name for name, drawn in ((FACTOR_PLOT, mean_curves["factor"].notna().any()), (ROC_PLOT, aurocs is not None))
-           if drawn]
+  plots = [name for name, drawn in ((FACTOR_PLOT, mean_curves["factor"].notna().any()), (ROC_PLOT, aurocs is not None),
+                                    (TRAINING_PLOT, bool(training))) if drawn]
   results = {
       "judge": {"name": judge_name, "is_proxy": bool(judge_is_proxy), "usage": _plain(judge_usage, "judge_usage")},
       "settings": _plain(settings, "settings"),
@@ -62,6 +64,8 @@ def write_report(output_dir: str, df: pd.DataFrame, *, judge_name: str, judge_is
                              _factor_plot(mean_curves, summary, baseline, judge_is_proxy))
   if ROC_PLOT in plots:
     atomic_files.write_bytes(os.path.join(output_dir, ROC_PLOT), _roc_plot(detection, aurocs))
+  if TRAINING_PLOT in plots:
+    atomic_files.write_bytes(os.path.join(output_dir, TRAINING_PLOT), training_loss_plot(training))
   atomic_files.write_text(os.path.join(output_dir, REPORT), _markdown(results))
   atomic_files.write_json(os.path.join(output_dir, RESULTS), results)
   return results
@@ -199,6 +203,27 @@ def _roc_plot(detection: dict[str, dict], aurocs: dict[str, Any]) -> bytes:
   for ax in axes[len(methods):]:
     ax.set_visible(False)
   figure.suptitle("Concept detection ROC curves")
+  return _png(figure)
+
+
+def training_loss_plot(records: dict[str, pd.DataFrame]) -> bytes:
+  """Training loss per step: a panel per method, a curve per concept (a retrained concept's second run dashed)."""
+  methods = list(records)
+  figure = _figure(3.6 * len(methods), 3.0)
+  axes = figure.subplots(1, len(methods), squeeze=False, gridspec_kw={"wspace": 0.3}).ravel()
+  for ax, method in zip(axes, methods):
+    record = records[method]
+    for (concept, remedy), rows in record.groupby(["concept_id", record.get("remedy", pd.Series("", record.index))
+                                                   .fillna("")], sort=True):
+      ax.plot(rows["step"], rows["loss"], linewidth=1, alpha=0.7, linestyle="--" if remedy else "-",
+              label=f"{concept}{' (' + remedy + ')' if remedy else ''}")
+    ax.set_title(f"{method}: training loss", fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel("loss", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if record["concept_id"].nunique() <= 8:
+      ax.legend(title="concept", fontsize=6, title_fontsize=7)
+  figure.suptitle("Training loss per concept")
   return _png(figure)
 
 
