@@ -40,10 +40,10 @@ class EpochCheckpoint:
     return (step + 1) % self.steps_per_epoch == 0
 
   def _saved(self) -> list[tuple[int, str]]:
-    if not os.path.isdir(self.folder):
+    folder = os.path.abspath(self.folder)  # Orbax takes absolute paths only
+    if not os.path.isdir(folder):
       return []
-    found = [(int(m.group(1)), os.path.join(self.folder, name))
-             for name in os.listdir(self.folder) if (m := _NAME.match(name))]
+    found = [(int(m.group(1)), os.path.join(folder, name)) for name in os.listdir(folder) if (m := _NAME.match(name))]
     return sorted(found)
 
   def restore(self, template: PyTree) -> tuple[int, PyTree, dict[str, np.ndarray]] | None:
@@ -66,7 +66,7 @@ class EpochCheckpoint:
     """Saves the state after `step` steps, then removes older checkpoints."""
     older = self._saved()
     leaves = {str(i): np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(state))}
-    _checkpointer().save(os.path.join(self.folder, f"step-{step}"), ocp.args.Composite(
+    _checkpointer().save(os.path.abspath(os.path.join(self.folder, f"step-{step}")), ocp.args.Composite(
         state=ocp.args.StandardSave(leaves), record=ocp.args.StandardSave(record),
         meta=ocp.args.JsonSave({"step": step, "settings": self.settings})), force=True)
     for done, path in older:
