@@ -38,9 +38,11 @@ class ConceptExamples:
     """A [U, T] array ('tokens', 'attention_mask' or one of the masks) gathered to [C, N, T]."""
     return getattr(self, name)[self.index]
 
-  def shared_rows(self, positions: np.ndarray) -> np.ndarray:
-    """Maps per-concept positions [C, B] (from `batching.minibatches`) to rows [C, B] of the [U, T] arrays."""
-    return np.take_along_axis(self.index, positions, axis=1)
+  def shared_rows(self, positions: np.ndarray, concepts: np.ndarray | None = None) -> np.ndarray:
+    """Maps per-concept positions [C, B] (from `batching.minibatches`) to rows [C, B] of the [U, T] arrays;
+    `concepts` picks the concepts (positions along C) that `positions` are for (default: all)."""
+    index = self.index if concepts is None else self.index[concepts]
+    return np.take_along_axis(index, positions, axis=1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

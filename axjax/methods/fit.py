@@ -154,8 +154,7 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
   per_epoch = batching.steps_per_epoch(row_valid, hp["batch_size"])
   steps = hp["n_epochs"] * per_epoch
   cfg = OptimConfig(lr=hp["lr"], total_steps=steps, weight_decay=hp["weight_decay"], **optim)
-  index = ex.index[subset]
-  steps_rows = [(np.take_along_axis(index, b.positions, axis=1), b.weight)
+  steps_rows = [(ex.shared_rows(b.positions, subset), b.weight)
                 for b in batching.minibatches(row_valid, hp["batch_size"], hp["n_epochs"], seed, concept_ids)]
   if spec.name == "LinearProbe":
     batches = [StepBatch(rows, weight) for rows, weight in steps_rows]
