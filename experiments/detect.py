@@ -4,7 +4,7 @@
   python -m experiments.detect --data=conceptFD/prod_2b_l10_v1 --layer=6 --methods=DiffMean,LinearProbe
 
 Writes into --output_dir: dictionaries/<method>/ (Orbax), detection/<method>.json, detection.json (all
-methods), summary.md (AUROC per concept and method), run.json (the settings), and for gradient-trained methods
+methods), summary.md (AUROC and hard-negative accuracy per concept and method), run.json (the settings), and for gradient-trained methods
 training/<method>.parquet (per concept and step: loss and its parts), training/<method>.json (final loss, dead
 latents) and training_loss.png. Rerunning the same command
 skips methods already finished; a different model, data, layer or seed in the same folder is refused.
@@ -66,9 +66,12 @@ def main(argv):
   atomic_files.write_json(os.path.join(output, "detection.json"), reports)
   if records := training_records(output, methods):
     atomic_files.write_bytes(os.path.join(output, TRAINING_PLOT), training_loss_plot(records))
-  table = summary_table(reports, {c.concept_id: c.name for c in data.concepts})
+  names = {c.concept_id: c.name for c in data.concepts}
+  table = summary_table(reports, names)
+  hard = summary_table(reports, names, metric="hard-negative macro accuracy")
   atomic_files.write_text(os.path.join(output, "summary.md"),
-                          f"# Concept detection: {model.name}, {_DATA.value}, layer {_LAYER.value}\n\n{table}")
+                          f"# Concept detection: {model.name}, {_DATA.value}, layer {_LAYER.value}\n\nROC AUC\n\n{table}"
+                          f"\nHard-negative macro accuracy\n\n{hard}")
   print(f"\nAUROC ({model.name}, {_DATA.value}, layer {_LAYER.value}); results in {output}\n\n{table}")
 
 

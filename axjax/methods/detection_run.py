@@ -139,14 +139,28 @@ def training_records(output_dir: str, methods: Sequence[str]) -> dict[str, pd.Da
   return {name: pd.read_parquet(path) for name, path in paths.items() if os.path.exists(path)}
 
 
-def summary_table(reports: dict[str, dict], names: dict[int, str]) -> str:
-  """Markdown: AUROC per concept (rows) and method (columns), then the means; "(dead)" marks a dead latent."""
-  methods = list(reports)
-  lines = ["| concept | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+def _hard_negative(entry: dict) -> float | None:
+  return (entry["hard_negative"] or {}).get("macro_avg_accuracy")  # None: the concept has no hard negatives
+
+
+# Per-concept value and mean of each metric a summary table can show.
+METRICS = {
+    "ROC AUC": (lambda entry: entry["roc"]["roc_auc"], lambda report: report["mean"]["roc"]["roc_auc"]),
+    "hard-negative macro accuracy": (_hard_negative, lambda report: _hard_negative(report["mean"])),
+}
+
+
+def summary_table(reports: dict[str, dict], names: dict[int, str] | None = None, metric: str = "ROC AUC") -> str:
+  """Markdown: `metric` per concept (rows) and column (a method's report), then the means; "(dead)" marks a
+  dead latent, "-" a concept without a value."""
+  value, mean = METRICS[metric]
+  cell = lambda x: "-" if x is None else f"{x:.3f}"
+  labels = list(reports)
+  lines = ["| concept | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
   for i, entry in enumerate(next(iter(reports.values()))["concepts"]):
     cid = entry["concept_id"]
-    cells = [f"{reports[m]['concepts'][i]['roc']['roc_auc']:.3f}"
-             + (" (dead)" if cid in reports[m].get("dead_latents", ()) else "") for m in methods]
-    lines.append(f"| {cid}: {names[cid][:60]} | " + " | ".join(cells) + " |")
-  lines.append("| **mean** | " + " | ".join(f"**{reports[m]['mean']['roc']['roc_auc']:.3f}**" for m in methods) + " |")
+    cells = [cell(value(reports[m]["concepts"][i])) + (" (dead)" if cid in reports[m].get("dead_latents", ()) else "")
+             for m in labels]
+    lines.append(f"| {cid}{': ' + names[cid][:60] if names else ''} | " + " | ".join(cells) + " |")
+  lines.append("| **mean** | " + " | ".join(f"**{cell(mean(reports[m]))}**" for m in labels) + " |")
   return "\n".join(lines) + "\n"
