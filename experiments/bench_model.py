@@ -14,6 +14,10 @@ Suites:
                for C concepts, from XLA's compiled cost and memory analyses on abstract shapes (nothing runs):
                FLOPs, bytes, arithmetic intensity, roofline step time, the concept chunk that fits --predict_memory_gb.
                Only run when named in --suite.
+  gflops       achieved GFLOP/s of the activation pass, the ReFT-r1 joint step and steered decoding, each as a ratio
+               to the float32 matmul peak measured before and after it in the same run (axjax alone, no
+               transformers); useful vs executed FLOPs (XLA cost analysis, scans unrolled) and a profiler split of
+               the time. Only run when named in --suite.
 
 `--model=random:<preset>` (e.g. random:gemma-2-2b) benchmarks random weights of an `axjax.PRESETS` shape on both
 sides, for machines with an accelerator:
@@ -48,12 +52,12 @@ from axjax.generation.sampling import SamplingConfig  # noqa: E402
 from axjax.loading.load import DTYPES  # noqa: E402
 from experiments import cli  # noqa: E402
 
-SUITES = ("forward", "decode", "load_memory", "train", "steer", "predict")
+SUITES = ("forward", "decode", "load_memory", "train", "steer", "predict", "gflops")
 RANDOM_PREFIX = "random:"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("suite", list(SUITES[:-1]), f"Benchmarks to run, a comma list of: {', '.join(SUITES)} "
-                  "(all but predict by default).")
+flags.DEFINE_list("suite", list(SUITES[:-2]), f"Benchmarks to run, a comma list of: {', '.join(SUITES)} "
+                  "(all but predict and gflops by default).")
 flags.DEFINE_string("model", axjax.EMBEDDED_MODEL,
                     "Model for forward/decode: an `axjax.load` source (the embedded gemma-3-270m, a .gguf file "
                     f"or an HF checkpoint folder) or '{RANDOM_PREFIX}<preset>' for random weights of an "
@@ -99,6 +103,21 @@ flags.DEFINE_integer("predict_examples", 144, "Predict: examples per concept (Co
 flags.DEFINE_float("predict_peak_tflops", 989.0, "Predict: peak TFLOP/s of the roofline (H100 SXM dense bf16).")
 flags.DEFINE_float("predict_bandwidth_tbps", 3.35, "Predict: memory bandwidth TB/s of the roofline (H100 SXM).")
 flags.DEFINE_float("predict_memory_gb", 80.0, "Predict: device memory budget in GB (1e9 bytes) for the chunk size.")
+flags.DEFINE_list("gflops_concepts", ["2"], "gflops: concept counts C of the ReFT-r1 step (the first C concepts of "
+                  "--train_data); the activation pass covers the lm_all rows of the first max(C).")
+flags.DEFINE_integer("gflops_max_examples", None, "gflops: examples per concept (default all: Concept10 has 144).")
+flags.DEFINE_integer("gflops_layer", 12, "gflops: layer of the activation pass and of the ReFT-r1 intervention.")
+flags.DEFINE_integer("gflops_train_steps", 2, "gflops: timed ReFT-r1 steps per C, after one warm-up step.")
+flags.DEFINE_integer("gflops_activation_repeats", 1, "gflops: timed activation passes, after compiling every shape.")
+flags.DEFINE_integer("gflops_decode_batch", 64, "gflops: rows of the steered decoding batch (prompts --prompt_length "
+                     "wide, --new_tokens sampled, steering after --steer_layer).")
+flags.DEFINE_integer("gflops_peak_repeats", 3, "gflops: runs per matmul shape in each peak probe (best taken).")
+flags.DEFINE_bool("gflops_xla_cost", True, "gflops: read executed FLOPs from XLA's cost analysis (scans unrolled).")
+flags.DEFINE_bool("gflops_profile", True, "gflops: split the activation pass's and the step's time by op kind "
+                  "(jax.profiler).")
+flags.register_validator("gflops_concepts", lambda sizes: bool(sizes) and all(s.isdigit() and int(s) > 0
+                                                                            for s in sizes),
+                         "--gflops_concepts takes a comma list of positive integers")
 flags.register_validator("suite", lambda names: set(names) <= set(SUITES),
                          f"--suite takes a comma list of: {', '.join(SUITES)}")
 flags.register_validator("model", lambda m: not m.startswith(RANDOM_PREFIX) or m[len(RANDOM_PREFIX):] in axjax.PRESETS,
@@ -408,6 +427,32 @@ def bench_predict() -> dict[str, Any]:
                                FLAGS.predict_bandwidth_tbps * 1e12, FLAGS.predict_memory_gb * 1e9, log=log)
 
 
+def bench_gflops() -> dict[str, Any]:
+  """Achieved GFLOP/s of the activation pass, the ReFT-r1 step and steered decoding against the measured peak."""
+  from axjax.benchmarks import achieved_flops
+  from axjax.data.axbench_format import read_axbench
+
+  if FLAGS.model.startswith(RANDOM_PREFIX):
+    from axjax.loading.load import embedded_gguf_path
+    from axjax.loading.tokenizer import gguf_tokenizer
+
+    tokenizer = gguf_tokenizer(embedded_gguf_path())
+    config = axjax.PRESETS[FLAGS.model[len(RANDOM_PREFIX):]].replace(vocab_size=len(tokenizer))
+    model = axjax.LoadedModel(FLAGS.model, config, axjax.init_params(config, jax.random.key(FLAGS.seed),
+                                                                     DTYPES[FLAGS.dtype]), tokenizer, FLAGS.model)
+  else:
+    model = axjax.load(FLAGS.model, dtype=FLAGS.dtype)
+  log(f"gflops: {FLAGS.model} ({FLAGS.dtype}), {FLAGS.train_data}, layer {FLAGS.gflops_layer}, concepts "
+      f"{','.join(FLAGS.gflops_concepts)}")
+  return achieved_flops.run(
+      model, read_axbench(FLAGS.train_data), layer=FLAGS.gflops_layer,
+      concepts=tuple(int(c) for c in FLAGS.gflops_concepts), max_examples=FLAGS.gflops_max_examples,
+      activation_repeats=FLAGS.gflops_activation_repeats, train_steps=FLAGS.gflops_train_steps,
+      decode_batch=FLAGS.gflops_decode_batch, prompt_length=FLAGS.prompt_length, new_tokens=FLAGS.new_tokens,
+      steer_layer=FLAGS.steer_layer, peak_repeats=FLAGS.gflops_peak_repeats, xla_cost=FLAGS.gflops_xla_cost,
+      profile_ops=FLAGS.gflops_profile, seed=FLAGS.seed, log=log)
+
+
 def machine() -> dict[str, Any]:
   """Where the figures were taken."""
   import torch
@@ -466,6 +511,10 @@ def print_table(results: dict[str, Any]) -> None:
     from axjax.benchmarks import compiled_cost
 
     print(compiled_cost.format_table(results["predict"]))
+  if "gflops" in results:
+    from axjax.benchmarks import achieved_flops
+
+    print(achieved_flops.format_table(results["gflops"]))
 
 
 def main(argv: list[str]) -> None:
@@ -488,6 +537,8 @@ def main(argv: list[str]) -> None:
     results["load_memory"] = bench_load_memory()
   if "predict" in FLAGS.suite:
     results["predict"] = bench_predict()
+  if "gflops" in FLAGS.suite:
+    results["gflops"] = bench_gflops()
   print_table(results)
   os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
   with open(FLAGS.output, "w") as f:
