@@ -103,11 +103,15 @@ def memory_budget() -> int:
   return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
+def _step_arrays(batch: StepBatch) -> tuple:
+  """A step's rows, weights and extra arrays as `joint_step` takes them."""
+  return (jnp.asarray(batch.rows), jnp.asarray(batch.weight, jnp.float32),
+          {k: jnp.asarray(v) for k, v in batch.extra.items()})
+
+
 def compile_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, batch: StepBatch, frozen):
   """`joint_step` compiled ahead of time for these shapes: its memory analysis is known before it runs."""
-  return joint_step.lower(cfg, loss_fn, params, opt_state, examples, jnp.asarray(batch.rows),
-                          jnp.asarray(batch.weight, jnp.float32),
-                          {k: jnp.asarray(v) for k, v in batch.extra.items()}, 0, frozen).compile()
+  return joint_step.lower(cfg, loss_fn, params, opt_state, examples, *_step_arrays(batch), 0, frozen).compile()
 
 
 def _fitting_step(cfg, loss_fns: Sequence[LossFn], params, opt_state, examples, batch, frozen, budget):
@@ -150,9 +154,7 @@ def train_jointly(cfg: OptimConfig, loss_fn: LossFn | Sequence[LossFn], params: 
     step_fn = _fitting_step(cfg, loss_fns, params, opt_state, examples, batches[start], frozen, budget)
   for step in range(start, len(batches)):
     batch = batches[step]
-    params, opt_state, values = step_fn(params, opt_state, examples, jnp.asarray(batch.rows),
-                                        jnp.asarray(batch.weight, jnp.float32),
-                                        {k: jnp.asarray(v) for k, v in batch.extra.items()}, step, frozen)
+    params, opt_state, values = step_fn(params, opt_state, examples, *_step_arrays(batch), step, frozen)
     active = np.asarray(batch.weight).any(axis=1)
     values = {k: np.where(active, np.asarray(v, np.float32), np.nan) for k, v in values.items()}
     for k, v in values.items():

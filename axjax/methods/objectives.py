@@ -27,6 +27,11 @@ def _scores(h: Array, w: Array) -> Array:
                     precision=jax.lax.Precision.HIGHEST)
 
 
+def _fired(scores: Array, where: Array, weight: Array) -> Array:
+  """The share of intervened tokens whose score is positive (a row's share, averaged over weighted rows)."""
+  return _weighted_mean(jnp.sum((scores > 0) * where, -1) / jnp.maximum(where.sum(-1), 1.0), weight)
+
+
 def bce_with_logits(logits: Array, labels: Array) -> Array:
   """Binary cross-entropy of sigmoid(logits), computed stably: the gradient never saturates."""
   return -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
@@ -142,7 +147,7 @@ class ReftR1Objective:
     non_top = latent * (1.0 - in_top) * where
     l1 = _weighted_mean(non_top.sum(-1) / (where.sum(-1) + jnp.finfo(jnp.float32).eps), batch["weight"])
     lm = self.upper.output_nll(model_params, steered, batch)
-    fired = _weighted_mean(jnp.sum((latent > 0) * where, -1) / jnp.maximum(where.sum(-1), 1.0), batch["weight"])
+    fired = _fired(latent, where, batch["weight"])
     return lm + progress * self.coeff_l1 * l1, {"lm": lm, "l1": l1, "fired": fired}
 
 
@@ -157,6 +162,4 @@ class SsvObjective:
     h, where = batch["acts"], batch["position_mask"]
     steered = (h.astype(jnp.float32) + where[..., None] * params["w"]).astype(h.dtype)
     lm = self.upper.output_nll(model_params, steered, batch)
-    score = _scores(h, params["w"])
-    fired = _weighted_mean(jnp.sum((score > 0) * where, -1) / jnp.maximum(where.sum(-1), 1.0), batch["weight"])
-    return lm, {"lm": lm, "fired": fired}
+    return lm, {"lm": lm, "fired": _fired(_scores(h, params["w"]), where, batch["weight"])}
