@@ -51,7 +51,7 @@ from axjax.data import batching
 from axjax.generation.decode import generate_tokens
 from axjax.generation.sampling import SamplingConfig
 from axjax.methods import activations, objectives
-from axjax.methods.activations import layer_activations
+from axjax.methods.activations import activation_batches, layer_activations
 from axjax.methods.joint_training import OptimConfig, StepBatch, compile_step, init_state, joint_step, memory_budget
 from axjax.methods.registry import hyperparameters, method
 from axjax.model.config import GemmaConfig
@@ -276,18 +276,6 @@ def profile_split(fn: Callable[[], Any], hlo_texts: Sequence[str]) -> dict[str, 
 
 
 # --------------------------------------------------------------------------------------------- activation pass
-
-def activation_batches(lengths: np.ndarray, t: int, batch_size: int,
-                       width_multiple: int) -> list[tuple[np.ndarray, int]]:
-  """(rows, width) of every batch `layer_activations` runs (the same sorting, batching and widths)."""
-  n = len(lengths)
-  order = np.argsort(lengths, kind="stable")
-  out = []
-  for start in range(0, n, batch_size):
-    rows = order[np.arange(start, start + batch_size).clip(max=n - 1)]
-    out.append((rows, min(t, -(-(int(lengths[rows].max()) + 1) // width_multiple) * width_multiple)))
-  return out
-
 
 def activation_xla_flops(params, config: GemmaConfig, layer: int, batch_size: int, width: int) -> dict[str, float]:
   """XLA's cost (scans unrolled) of one `layer_activations` batch [batch_size, width] (abstract shapes)."""

@@ -20,29 +20,39 @@ def _residual(params, config: GemmaConfig, tokens, mask, layer: int):
   return x
 
 
+def activation_batches(lengths: np.ndarray, t: int, batch_size: int,
+                       width_multiple: int) -> list[tuple[np.ndarray, int]]:
+  """(rows, width) of every batch: rows in order of length, each batch as wide as its longest row plus one pad
+  rounded up to `width_multiple` (at most t). The one partial batch holds the shortest rows, filled up with
+  copies of the shortest, where filler costs least."""
+  n = len(lengths)
+  order = np.argsort(lengths, kind="stable")
+  out = []
+  for stop in range(n % batch_size or batch_size, n + 1, batch_size):
+    rows = order[np.arange(stop - batch_size, stop).clip(min=0)]
+    out.append((rows, min(t, -(-(int(lengths[rows].max()) + 1) // width_multiple) * width_multiple)))
+  return out
+
+
 def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, layer: int,
                       batch_size: int = 16, width_multiple: int = 64, progress=None) -> np.ndarray:
   """Residual stream after `layer` for tokens [N, T] (right-padded; mask [N, T]) as [N, T, d] in the model's
   dtype (bfloat16 halves the host memory; every consumer computes its statistics and scores in float32).
 
-  Rows run in order of length, each batch only as wide as its longest row plus one pad (rounded up to
-  `width_multiple`), so padding costs little and a handful of shapes compile. The state of the first pad after
-  each row is kept (AxBench's ReFT-r1 reads it); positions past a batch's width are zero.
+  Batches follow `activation_batches`, so padding costs little and a handful of shapes compile. The state of
+  the first pad after each row is kept (AxBench's ReFT-r1 reads it); positions past a batch's width are zero.
   `progress`, if given, is called with the number of rows done after each batch.
   """
   config.check_layer(layer)
   chex.assert_rank([tokens, mask], 2)
   chex.assert_equal_shape([tokens, mask])
   n, t = tokens.shape
-  lengths = mask.sum(axis=1)
-  order = np.argsort(lengths, kind="stable")
   out = np.zeros((n, t, config.hidden_size), params["embed"].dtype)
-  for start in range(0, n, batch_size):
-    rows = order[np.arange(start, start + batch_size).clip(max=n - 1)]  # last batch padded with copies
-    width = min(t, -(-(int(lengths[rows].max()) + 1) // width_multiple) * width_multiple)
+  done = 0
+  for rows, width in activation_batches(mask.sum(axis=1), t, batch_size, width_multiple):
     acts = _residual(params, config, jnp.asarray(tokens[rows, :width]), jnp.asarray(mask[rows, :width]), layer)
-    real = min(batch_size, n - start)
-    out[rows[:real], :width] = np.asarray(acts)[:real]
+    out[rows, :width] = np.asarray(acts)  # a partial batch's copies write their row's values again
+    done += len(np.unique(rows))
     if progress is not None:
-      progress(start + real)
+      progress(done)
   return out
