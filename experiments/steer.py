@@ -36,7 +36,7 @@ from axjax.steering_eval.instructions import read_instructions
 from axjax.steering_eval.protocol import PROFILES, SteeringProtocol, profile
 from axjax.steering_eval.report import write_report
 from axjax.steering_eval.rows import row_vectors, steering_rows
-from experiments import cli
+from experiments import chunk_flags, cli
 
 _PROFILE = flags.DEFINE_enum("profile", "quick", sorted(PROFILES),
                              "quick: 3 concepts, 2 methods, 5 factors, 4 instructions, 128 tokens (CPU minutes); "
@@ -113,6 +113,7 @@ def make_judge(perplexity_of: dict[tuple[str, str], float]) -> Judge:
 def main(argv):
   del argv
   prof = profile(_PROFILE.value)
+  chunking = chunk_flags.chunking()
   methods = [registry.method(m).name for m in (_METHODS.value or prof.methods)]
   overrides = registry.parse_overrides(_HPARAMS.value, methods)
   baseline = _BASELINE.value or methods[0]
@@ -145,7 +146,7 @@ def main(argv):
 
   cache = ActivationCache(model, data, _LAYER.value, progress)
   reports, dictionaries = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
-                                       dead_latent_remedy=_DEAD_REMEDY.value,
+                                       dead_latent_remedy=_DEAD_REMEDY.value, **chunking,
                                        imbalance_factor=100, log=lambda line: print(line, flush=True))
   del cache  # the activations are not needed for steering
 

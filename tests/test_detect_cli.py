@@ -50,6 +50,8 @@ def test_detect_refuses_bad_input_before_any_work(tmp_path):
       "--methods=DiffMean,Telepathy": "error: unknown method 'Telepathy': choose from DiffMean, PCA, LAT",
       f"--data={tmp_path}": f"error: {tmp_path}",
       "--hparams=ReFT-r1.n_epochs=1": "error: --hparams names ReFT-r1, which is not among --methods",
+      "--concept_chunk=0": "error: --concept_chunk must be at least 1, not 0",
+      "--memory_budget_gb=-1": "error: --memory_budget_gb must be positive, not -1.0",
   }
   for flag, message in cases.items():
     result = detect(flag, f"--output_dir={tmp_path / 'x'}", timeout=120)

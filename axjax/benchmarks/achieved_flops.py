@@ -281,7 +281,7 @@ def activation_xla_flops(params, config: GemmaConfig, layer: int, batch_size: in
   """XLA's cost (scans unrolled) of one `layer_activations` batch [batch_size, width] (abstract shapes)."""
 
   def fresh(p, tokens, mask):  # a new function: no trace cached from the rolled program is reused
-    return activations._residual.__wrapped__(p, config, tokens, mask, layer)
+    return activations.residual_stream(p, config, tokens, mask, layer)
 
   with compiled_cost._unrolled_scans():
     compiled = jax.jit(fresh).lower(_abstract(params), S((batch_size, width), jnp.int32),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -13,11 +11,14 @@ from axjax.model.config import GemmaConfig
 from axjax.model.transformer import embed, frame_from_mask, layer_slice, run_layers
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4))
-def _residual(params, config: GemmaConfig, tokens, mask, layer: int):
+def residual_stream(params, config: GemmaConfig, tokens, mask, layer: int):
+  """The residual stream [B, T, d] after decoder layer `layer` (traceable: callers jit it with what follows)."""
   x = embed(params, config, tokens)
   x, _, _ = run_layers(layer_slice(params, 0, layer + 1), config, x, frame_from_mask(mask), 0)
   return x
+
+
+_residual = jax.jit(residual_stream, static_argnums=(1, 4))
 
 
 def activation_batches(lengths: np.ndarray, t: int, batch_size: int,

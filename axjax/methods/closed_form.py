@@ -75,15 +75,21 @@ def _pair_differences(x: Array, weights: Array, key: Array) -> tuple[Array, Arra
 
 
 @jax.jit
-def lat(acts: Array, valid: Array, labels: Array, key: Array) -> Array:
-  """LAT: PC1 of normalised differences of random pairs of positive-example tokens (one key per concept)."""
+def lat(acts: Array, valid: Array, labels: Array, keys: Array) -> Array:
+  """LAT: PC1 of normalised differences of random pairs of positive-example tokens (keys [C]: one per concept)."""
+  chex.assert_shape(keys, (acts.shape[0],))
   weights = valid.astype(jnp.float32) * (labels == 1)
-  keys = jax.random.split(key, acts.shape[0])
   diffs, pair_weights = jax.vmap(_pair_differences)(acts, weights, keys)
   return unit_norm(jax.vmap(_first_component)(diffs, pair_weights))
 
 
-def random_directions(num_concepts: int, hidden_size: int, seed: int) -> np.ndarray:
-  """Random unit directions, reproducible for a seed (AxBench's Random baseline)."""
-  w = jax.random.normal(jax.random.key(seed), (num_concepts, hidden_size), jnp.float32)
+def concept_keys(seed: int, concept_ids) -> Array:
+  """One PRNG key per concept from (seed, concept id), so a concept's random numbers do not depend on which
+  other concepts are trained beside it (chunked runs equal one run over all concepts)."""
+  return jax.vmap(lambda c: jax.random.fold_in(jax.random.key(seed), c))(jnp.asarray(concept_ids, jnp.uint32))
+
+
+def random_directions(concept_ids, hidden_size: int, seed: int) -> np.ndarray:
+  """Random unit directions [C, d], one per concept id, reproducible for a seed (AxBench's Random baseline)."""
+  w = jax.vmap(lambda k: jax.random.normal(k, (hidden_size,), jnp.float32))(concept_keys(seed, concept_ids))
   return np.asarray(unit_norm(w))

@@ -1,14 +1,17 @@
-"""Concept detection with a dictionary: score every eval example with every concept, then AxBench's metrics."""
+"""Concept detection with dictionaries: score every eval example with every concept, then AxBench's metrics."""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from axjax.data.axbench_format import AxbenchData
+from axjax.data.examples import latent_eval_examples
 from axjax.dictionary import Dictionary
 from axjax.evaluation.detection_metrics import AXBENCH_NUM_EXAMPLES, detection_report, round_scores
-from axjax.methods.fit import ActivationCache
+from axjax.loading.load import LoadedModel
 from axjax.methods.registry import method
 from axjax.methods.scoring import example_max_scores
 
@@ -21,16 +24,10 @@ def imbalance_factor_for(categories, wanted: int | None) -> int | None:
   return min(wanted, available) or None
 
 
-def evaluate_detection(dictionary: Dictionary, cache: ActivationCache, imbalance_factor: int | None = 100
-                       ) -> tuple[dict[str, Any], Dictionary]:
-  """Detection report of a dictionary, and the dictionary with per-concept max activation and threshold.
-
-  max activation: the concept's largest example score on its eval rows (what AxBench scales steering by);
-  threshold: the Youden-J point of its ROC curve, mapped back from AxBench's min-max scale to raw scores.
-  """
-  ex, acts = cache.examples("eval")
-  spec = method(dictionary.method)
-  scores = example_max_scores(acts, ex.score_mask, dictionary.weights, dictionary.biases, spec.relu_score)
+def _report(dictionary: Dictionary, scores: np.ndarray, ex, imbalance_factor: int | None
+            ) -> tuple[dict[str, Any], Dictionary]:
+  """Detection report of one dictionary from its [rows, C] scores, and the dictionary with per-concept max
+  activation and threshold."""
   report = detection_report(scores, ex.concept_ids, ex.categories, dictionary.concept_ids,
                             imbalance_factor=imbalance_factor_for(ex.categories, imbalance_factor))
   max_acts, thresholds = [], []
@@ -41,3 +38,25 @@ def evaluate_detection(dictionary: Dictionary, cache: ActivationCache, imbalance
     max_acts.append(hi)
     thresholds.append(np.nan if normalised is None else lo + normalised * (hi - lo))
   return report, dictionary.replace(max_activations=np.array(max_acts), thresholds=np.array(thresholds))
+
+
+def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedModel, data: AxbenchData, layer: int,
+                       imbalance_factor: int | None = 100, progress: Callable[[str, int, int], None] | None = None
+                       ) -> dict[str, tuple[dict[str, Any], Dictionary]]:
+  """Detection report of each dictionary, and the dictionary with per-concept max activation and threshold.
+
+  One pass of the model over the latent-eval texts scores every concept of every dictionary at once.
+  max activation: the concept's largest example score on its eval rows (what AxBench scales steering by);
+  threshold: the Youden-J point of its ROC curve, mapped back from AxBench's min-max scale to raw scores.
+  """
+  ex = latent_eval_examples(data, model.tokenizer)
+  names = list(dictionaries)
+  stack = lambda field: np.concatenate([np.asarray(getattr(dictionaries[n], field), np.float32) for n in names])
+  relu = np.concatenate([np.full(dictionaries[n].num_concepts, method(dictionaries[n].method).relu_score)
+                         for n in names])
+  report = None if progress is None else functools.partial(progress, "detection scores", total=len(ex.tokens))
+  scores = example_max_scores(model.params, model.config, ex.tokens, ex.attention_mask, ex.score_mask, layer,
+                              stack("weights"), stack("biases"), relu, progress=report)
+  bounds = np.cumsum([0] + [dictionaries[n].num_concepts for n in names])
+  return {n: _report(dictionaries[n], scores[:, bounds[i]:bounds[i + 1]], ex, imbalance_factor)
+          for i, n in enumerate(names)}

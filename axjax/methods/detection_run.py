@@ -18,6 +18,7 @@ import pandas as pd
 from axjax import atomic_files
 from axjax.dictionary import Dictionary, load_dictionary, save_dictionary
 from axjax.errors import AxjaxError
+from axjax.methods import concept_chunks
 from axjax.methods.detection import evaluate_detection
 from axjax.methods.fit import ActivationCache, FitResult, fit_method
 
@@ -88,49 +89,118 @@ def _training_report(result: FitResult) -> list[dict]:
   return out
 
 
+def _train_part(part_dir: str, name: str, cache: ActivationCache, *, overrides, seed: int, dead_latent_remedy: str,
+                log: Callable[[str], None]) -> None:
+  """Trains method `name` on the concepts of `cache` into results folder `part_dir`: its dictionary (without
+  max activations yet) and, for gradient-trained methods, training/<name>.parquet and .json."""
+  state_dir = os.path.join(part_dir, "training", name)
+  result = fit_method(name, cache, overrides=overrides.get(name), seed=seed, progress=cache.progress,
+                      checkpoint_dir=state_dir, dead_latent_remedy=dead_latent_remedy)
+  if result.record is not None:
+    atomic_files.write_parquet(os.path.join(part_dir, "training", f"{name}.parquet"), result.record)
+    atomic_files.write_json(os.path.join(part_dir, "training", f"{name}.json"), _training_report(result))
+    log(training_summary(name, result))
+  save_dictionary(os.path.join(part_dir, "dictionaries", name), result.dictionary)
+  shutil.rmtree(state_dir, ignore_errors=True)  # epoch state, now finished
+
+
+def _chunk_plan(output_dir: str, concept_ids: list[int], plan: Callable[[], list[tuple[int, ...]]]
+                ) -> list[tuple[int, ...]]:
+  """The concept chunks of this run: those an interrupted run of the same concepts recorded (the free memory,
+  hence the default budget, may differ now), else `plan()`, recorded when it has several chunks."""
+  path = os.path.join(output_dir, "chunks", "plan.json")
+  if os.path.exists(path):
+    stored = [tuple(c) for c in atomic_files.read_json(path)]
+    if [c for chunk in stored for c in chunk] == concept_ids:
+      return stored
+  chunks = plan()
+  if len(chunks) > 1:
+    atomic_files.write_json(path, [list(c) for c in chunks])
+  return chunks
+
+
+def _merge_parts(output_dir: str, parts: list[str], name: str) -> None:
+  """One dictionary and training record of method `name` from the chunk folders, in chunk order."""
+  found = [load_dictionary(os.path.join(p, "dictionaries", name)) for p in parts]
+  first = found[0]
+  merged = first.replace(weights=np.concatenate([d.weights for d in found]),
+                         biases=np.concatenate([d.biases for d in found]),
+                         concept_ids=sum((d.concept_ids for d in found), ()),
+                         concept_names=sum((d.concept_names for d in found), ()), max_activations=None,
+                         thresholds=None)
+  save_dictionary(os.path.join(output_dir, "dictionaries", name), merged)
+  records = [os.path.join(p, "training", f"{name}.parquet") for p in parts]
+  if all(os.path.exists(r) for r in records):
+    atomic_files.write_parquet(os.path.join(output_dir, "training", f"{name}.parquet"),
+                               pd.concat([pd.read_parquet(r) for r in records], ignore_index=True))
+    atomic_files.write_json(os.path.join(output_dir, "training", f"{name}.json"),
+                            sum((atomic_files.read_json(os.path.join(p, "training", f"{name}.json")) for p in parts), []))
+
+
 def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: str, *,
                   overrides: Mapping[str, Mapping[str, str]], seed: int, imbalance_factor: int | None,
-                  dead_latent_remedy: str = "none",
+                  dead_latent_remedy: str = "none", memory_budget: int | None = None, max_chunk: int | None = None,
                   log: Callable[[str], None] = print) -> tuple[dict[str, dict], dict[str, Dictionary]]:
-  """Detection report and dictionary (with max activations) of every method; finished methods are read back.
+  """Detection report and dictionary (with max activations) of every method; finished work is read back.
 
-  Gradient-trained methods also write training/<method>.parquet (per concept and step: loss and its parts)
-  and keep their state per epoch under training/<method>/ until their dictionary is saved.
+  The concepts train in chunks whose activations fit `memory_budget` bytes (default: half the free host
+  memory) and hold at most `max_chunk` concepts: for each chunk, every method trains on activations computed
+  once, and the chunk's results are kept under chunks/<i>/ until every chunk is done (a run of one chunk
+  writes in place). A rerun resumes at the first unfinished chunk, method and epoch. Then one pass over the
+  eval texts scores every method's dictionary. Gradient-trained methods also write training/<method>.parquet
+  (per concept and step: loss and its parts).
   """
   reports, dictionaries = {}, {}
   hidden, layer = cache.model.config.hidden_size, cache.layer
+  dict_path = lambda folder, name: os.path.join(folder, "dictionaries", name)
+  pending = []
   for name in methods:
     result_path = os.path.join(output_dir, "detection", f"{name}.json")
-    dict_path = os.path.join(output_dir, "dictionaries", name)
-    if os.path.exists(result_path) and os.path.exists(dict_path):
+    if os.path.exists(result_path) and os.path.exists(dict_path(output_dir, name)):
       reports[name] = atomic_files.read_json(result_path)
-      dictionaries[name] = load_dictionary(dict_path, hidden_size=hidden, layer=layer)
-      continue
-    training = None
-    if os.path.exists(dict_path):
-      dictionary = load_dictionary(dict_path, hidden_size=hidden, layer=layer)
-      record_path = os.path.join(output_dir, "training", f"{name}.json")
-      training = atomic_files.read_json(record_path) if os.path.exists(record_path) else None
+      dictionaries[name] = load_dictionary(dict_path(output_dir, name), hidden_size=hidden, layer=layer)
     else:
-      state_dir = os.path.join(output_dir, "training", name)
-      result = fit_method(name, cache, overrides=overrides.get(name), seed=seed, progress=cache.progress,
-                          checkpoint_dir=state_dir, dead_latent_remedy=dead_latent_remedy)
-      dictionary = result.dictionary
-      if result.record is not None:
-        training = _training_report(result)
-        atomic_files.write_parquet(os.path.join(output_dir, "training", f"{name}.parquet"), result.record)
-        atomic_files.write_json(os.path.join(output_dir, "training", f"{name}.json"), training)
-        log(training_summary(name, result))
-    report, dictionary = evaluate_detection(dictionary, cache, imbalance_factor)
-    if training is not None:
-      report["training"] = training
-      report["dead_latents"] = [t["concept_id"] for t in training if t.get("dead_latent")]
-    save_dictionary(dict_path, dictionary, overwrite=os.path.exists(dict_path))
-    atomic_files.write_json(result_path, report)
-    shutil.rmtree(os.path.join(output_dir, "training", name), ignore_errors=True)  # epoch state, now finished
-    reports[name], dictionaries[name] = report, dictionary
-    log(f"{name}: mean AUROC {report['mean']['roc']['roc_auc']:.3f} over {len(report['concepts'])} concepts")
-  return reports, dictionaries
+      pending.append(name)
+  untrained = [name for name in pending if not os.path.exists(dict_path(output_dir, name))]
+  if untrained:
+    ids = list(cache.concept_ids or [c.concept_id for c in cache.data.concepts])
+    budget = memory_budget or concept_chunks.host_memory_budget()
+    chunks = _chunk_plan(output_dir, ids, lambda: concept_chunks.plan_chunks(
+        ids, concept_chunks.activation_bytes(cache, untrained, ids), budget, max_chunk))
+    parts = [output_dir] if len(chunks) == 1 else [os.path.join(output_dir, "chunks", f"{i:05d}")
+                                                   for i in range(len(chunks))]
+    if len(chunks) > 1:
+      log(f"{len(ids)} concepts in {len(chunks)} chunks of up to {max(map(len, chunks))} concepts")
+    for i, (chunk, part) in enumerate(zip(chunks, parts)):
+      todo = [name for name in untrained if not os.path.exists(dict_path(part, name))]
+      if not todo:
+        continue
+      part_cache = cache if len(chunks) == 1 else ActivationCache(
+          cache.model, cache.data, layer, cache.progress, concept_ids=chunk, max_examples=cache.max_examples)
+      for name in todo:
+        _train_part(part, name, part_cache, overrides=overrides, seed=seed, dead_latent_remedy=dead_latent_remedy,
+                    log=log)
+      del part_cache  # the chunk's activations
+      if len(chunks) > 1:
+        log(f"chunk {i + 1}/{len(chunks)} trained ({len(chunk)} concepts)")
+    if len(chunks) > 1:
+      for name in untrained:
+        _merge_parts(output_dir, parts, name)
+      shutil.rmtree(os.path.join(output_dir, "chunks"))
+  if pending:
+    trained = {name: load_dictionary(dict_path(output_dir, name), hidden_size=hidden, layer=layer)
+               for name in pending}
+    for name, (report, dictionary) in evaluate_detection(trained, cache.model, cache.data, layer,
+                                                         imbalance_factor, cache.progress).items():
+      record_path = os.path.join(output_dir, "training", f"{name}.json")
+      if os.path.exists(record_path):
+        report["training"] = atomic_files.read_json(record_path)
+        report["dead_latents"] = [t["concept_id"] for t in report["training"] if t.get("dead_latent")]
+      save_dictionary(dict_path(output_dir, name), dictionary, overwrite=True)
+      atomic_files.write_json(os.path.join(output_dir, "detection", f"{name}.json"), report)
+      reports[name], dictionaries[name] = report, dictionary
+      log(f"{name}: mean AUROC {report['mean']['roc']['roc_auc']:.3f} over {len(report['concepts'])} concepts")
+  return {name: reports[name] for name in methods}, {name: dictionaries[name] for name in methods}
 
 
 def training_records(output_dir: str, methods: Sequence[str]) -> dict[str, pd.DataFrame]:

@@ -46,7 +46,7 @@ class ActivationCache:
   _sets: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def examples(self, kind: str):
-    """'binarized', 'lm_all' (positives and negatives), 'lm_positive' or 'eval' examples, tokenised once."""
+    """'binarized', 'lm_all' (positives and negatives) or 'lm_positive' examples, tokenised once."""
     if kind not in self._sets:
       tok = self.model.tokenizer
       subset = dict(concept_ids=self.concept_ids, max_examples=self.max_examples)
@@ -55,7 +55,6 @@ class ActivationCache:
           "lm_all": lambda: data_examples.lm_examples(self.data, tok, train_on_negative=True, positions="all",
                                                       **subset),
           "lm_positive": lambda: data_examples.lm_examples(self.data, tok, positions="all", **subset),
-          "eval": lambda: data_examples.latent_eval_examples(self.data, tok),
       }[kind]
       ex = build()
       report = None
@@ -65,6 +64,11 @@ class ActivationCache:
                                progress=report)
       self._sets[kind] = (ex, acts)
     return self._sets[kind]
+
+
+def example_set(name: str) -> str | None:
+  """The example set (an `ActivationCache.examples` kind) method `name` trains on; None: it needs none."""
+  return {"Random": None, "ReFT-r1": "lm_all", "SSV": "lm_positive"}.get(method(name).name, "binarized")
 
 
 def _closed_form(name: str, ex, acts: np.ndarray, seed: int) -> np.ndarray:
@@ -77,7 +81,7 @@ def _closed_form(name: str, ex, acts: np.ndarray, seed: int) -> np.ndarray:
     valid = (ex.score_mask[index] & ex.row_valid[start:start + c, :, None]).reshape(c, -1)
     labels = np.broadcast_to(ex.labels[start:start + c, :, None], (c, n, acts.shape[1])).reshape(c, -1)
     if name == "LAT":
-      out.append(closed_form.lat(a, valid, labels, jax.random.fold_in(jax.random.key(seed), start)))
+      out.append(closed_form.lat(a, valid, labels, closed_form.concept_keys(seed, ex.concept_ids[start:start + c])))
     else:
       out.append({"DiffMean": closed_form.diffmean, "PCA": closed_form.pca}[name](a, valid, labels))
   return np.concatenate([np.asarray(w) for w in out])
@@ -130,7 +134,7 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
     loss = objectives.ProbeObjective(hp["coeff_l1_loss"], saturating=hp["loss"] == "axbench")
     optim = dict(unit_norm_key="w")
   else:
-    ex, acts = cache.examples("lm_all" if spec.name == "ReFT-r1" else "lm_positive")
+    ex, acts = cache.examples(example_set(spec.name))
     arrays = {"acts": acts, "mask": ex.attention_mask, "tokens": ex.tokens,
               "position_mask": ex.intervention_mask.astype(np.float32)}
     # Fastest first: keep the upper layers' activations for the backward pass if memory allows, else recompute.
@@ -147,8 +151,8 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
   concept_ids, row_valid = ex.concept_ids[subset], ex.row_valid[subset]
   if init is None and spec.name == "LinearProbe":
     bound = 1.0 / np.sqrt(config.hidden_size)  # torch.nn.Linear's default initialisation
-    init = jax.random.uniform(jax.random.key(seed), (len(ex.concept_ids), config.hidden_size), jnp.float32,
-                              -bound, bound)[subset]
+    init = jax.vmap(lambda k: jax.random.uniform(k, (config.hidden_size,), jnp.float32, -bound, bound))(
+        closed_form.concept_keys(seed, concept_ids))
   elif init is None:
     init = np.full((len(subset), config.hidden_size), 0.01, np.float32)  # AxBench's fill_(0.01)
   per_epoch = batching.steps_per_epoch(row_valid, hp["batch_size"])
@@ -192,9 +196,10 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
   biases = np.zeros(len(concepts), np.float32)
   frame = dead = remedied = None
   if spec.name == "Random":
-    weights = closed_form.random_directions(len(concepts), config.hidden_size, seed)
+    ids = [c.concept_id for c in concepts]
+    weights = closed_form.random_directions(ids, config.hidden_size, seed)
     bound = 1.0 / np.sqrt(config.hidden_size)  # AxBench keeps torch.nn.Linear's random bias
-    biases = np.random.default_rng(seed).uniform(-bound, bound, len(concepts)).astype(np.float32)
+    biases = np.array([np.random.default_rng([seed, c]).uniform(-bound, bound) for c in ids], np.float32)
   elif spec.trained:
     part = lambda label: None if checkpoint_dir is None else os.path.join(checkpoint_dir, label)
     weights, record, per_epoch = _train(spec, hp, cache, seed, progress, part("axbench"))

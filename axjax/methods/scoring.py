@@ -1,9 +1,11 @@
-"""Concept-detection scores: every eval example against every concept's direction in one matmul.
+"""Concept-detection scores: one pass over the eval texts scores every concept of every dictionary.
 
 AxBench scores each eval row with its own concept's direction at every token from the chat prefix on,
 rounds each token score to 3 decimals and keeps the maximum as the example's score. Rounding is monotone, so
 the rounded maximum equals the maximum of the rounded scores: we keep the raw maximum here, and
-`detection_metrics.round_scores` applies AxBench's rounding to it.
+`detection_metrics.round_scores` applies AxBench's rounding to it. The layer-L states of a batch go from the
+forward pass straight into a [T, d] x [d, C] matmul on the device; only the [rows, C] maxima come back, so
+memory does not grow with the eval set.
 """
 
 from __future__ import annotations
@@ -15,22 +17,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from axjax.methods.activations import activation_batches, residual_stream
+from axjax.model.config import GemmaConfig
 
-@functools.partial(jax.jit, static_argnames=("relu",))
-def token_scores(acts: jax.Array, weights: jax.Array, biases: jax.Array, relu: bool) -> jax.Array:
-  """Scores [N, T, C] of activations [N, T, d] against directions [C, d]: ReLU(h . w) or h . w + b."""
+
+def token_scores(acts: jax.Array, weights: jax.Array, biases: jax.Array, relu: jax.Array) -> jax.Array:
+  """Scores [N, T, C] of activations [N, T, d] against directions [C, d]: ReLU(h . w) where relu [C] is set,
+  h . w + b elsewhere (float32, full precision)."""
   chex.assert_rank([acts, weights], [3, 2])
-  scores = jnp.einsum("ntd,cd->ntc", acts, weights, precision=jax.lax.Precision.HIGHEST)
-  return jax.nn.relu(scores) if relu else scores + biases
+  chex.assert_shape([biases, relu], (weights.shape[0],))
+  scores = jnp.einsum("ntd,cd->ntc", acts.astype(jnp.float32), weights, precision=jax.lax.Precision.HIGHEST)
+  return jnp.where(relu, jax.nn.relu(scores), scores + biases)
 
 
-def example_max_scores(acts: np.ndarray, score_mask: np.ndarray, weights: np.ndarray, biases: np.ndarray,
-                       relu: bool, chunk: int = 64) -> np.ndarray:
-  """Per example and concept, the max over scored tokens of the token score: [N, C] float32."""
-  out = np.empty((acts.shape[0], weights.shape[0]), np.float32)
+@functools.partial(jax.jit, static_argnums=(1, 5))
+def _batch_max_scores(params, config: GemmaConfig, tokens, mask, score_mask, layer: int, weights, biases, relu):
+  scores = token_scores(residual_stream(params, config, tokens, mask, layer), weights, biases, relu)
+  return jnp.where(score_mask[:, :, None], scores, -jnp.inf).max(axis=1)
+
+
+def example_max_scores(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, score_mask: np.ndarray,
+                       layer: int, weights: np.ndarray, biases: np.ndarray, relu: np.ndarray, *,
+                       batch_size: int = 16, width_multiple: int = 64, progress=None) -> np.ndarray:
+  """Per example and concept, the max over scored tokens of the token score at `layer`: [N, C] float32.
+
+  tokens/mask/score_mask [N, T]; weights [C, d]; biases and relu [C]. Batches follow `activation_batches`.
+  """
+  chex.assert_equal_shape([tokens, mask, score_mask])
   w, b = jnp.asarray(weights, jnp.float32), jnp.asarray(biases, jnp.float32)
-  for start in range(0, acts.shape[0], chunk):
-    scores = np.asarray(token_scores(jnp.asarray(acts[start:start + chunk]), w, b, relu))
-    scores = np.where(score_mask[start:start + chunk, :, None], scores, -np.inf)
-    out[start:start + chunk] = scores.max(axis=1)
+  r = jnp.asarray(relu, bool)
+  out = np.empty((tokens.shape[0], w.shape[0]), np.float32)
+  done = 0
+  for rows, width in activation_batches(mask.sum(axis=1), tokens.shape[1], batch_size, width_multiple):
+    out[rows] = np.asarray(_batch_max_scores(params, config, jnp.asarray(tokens[rows, :width]),
+                                             jnp.asarray(mask[rows, :width]), jnp.asarray(score_mask[rows, :width]),
+                                             layer, w, b, r))
+    done += len(np.unique(rows))
+    if progress is not None:
+      progress(done)
   return out

@@ -1,0 +1,59 @@
+"""Concept chunks that fit a memory budget: the unit in which the detection pipeline holds activations.
+
+A chunk's layer-L activations (every example set its methods train on, in the model's dtype) are what a run
+holds at once on the host; chunks run one after another, so peak memory stays flat as the concept count grows.
+The estimate is an upper bound per concept: its own rows (shared negatives counted for every concept that
+uses them) at the width of its longest row.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from axjax.errors import AxjaxError
+from axjax.methods.fit import ActivationCache, example_set
+
+_TEMPLATE_TOKENS = 16  # chat-template tokens around an input and output (Gemma's take 9), plus the pad
+
+
+def host_memory_budget() -> int:
+  """Default bytes of activations a chunk may hold: half the host memory available now."""
+  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def activation_bytes(cache: ActivationCache, methods: Sequence[str], concept_ids: Sequence[int]) -> np.ndarray:
+  """[C] upper bound on the bytes of layer-L activations each concept adds to a chunk training `methods`."""
+  data, tok = cache.data, cache.model.tokenizer
+  row_bytes = cache.model.config.hidden_size * np.dtype(cache.model.params["embed"].dtype).itemsize
+  sets = {example_set(m) for m in methods} - {None}
+  train = data.train
+  out = np.zeros(len(concept_ids), np.int64)
+  for i, cid in enumerate(concept_ids):
+    rows, labels = data.training_row_ids(cid, cache.max_examples)
+    frame = train.iloc[list(rows)]
+    lengths = [len(a) + len(b) for a, b in zip(tok(frame["input"].tolist())["input_ids"],
+                                                tok(frame["output"].tolist())["input_ids"])]
+    width = max(lengths, default=0) + _TEMPLATE_TOKENS
+    count = {"binarized": len(rows), "lm_all": len(rows), "lm_positive": int(np.sum(labels == 1))}
+    out[i] = sum(count[s] for s in sets) * width * row_bytes
+  return out
+
+
+def plan_chunks(concept_ids: Sequence[int], per_concept_bytes: np.ndarray, budget_bytes: int,
+                max_size: int | None = None) -> list[tuple[int, ...]]:
+  """Consecutive chunks of `concept_ids`, each as large as the budget (and `max_size`) allows, at least one."""
+  if budget_bytes <= 0:
+    raise AxjaxError(f"the memory budget must be positive, not {budget_bytes} bytes")
+  if max_size is not None and max_size < 1:
+    raise AxjaxError(f"--concept_chunk must be at least 1, not {max_size}")
+  chunks, current, used = [], [], 0
+  for cid, size in zip(concept_ids, per_concept_bytes):
+    if current and (used + size > budget_bytes or len(current) == max_size):
+      chunks.append(tuple(current))
+      current, used = [], 0
+    current.append(int(cid))
+    used += int(size)
+  return chunks + [tuple(current)] if current else chunks
