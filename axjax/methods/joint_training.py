@@ -103,22 +103,44 @@ def memory_budget() -> int:
   return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
-def _step_arrays(batch: StepBatch) -> tuple:
-  """A step's rows, weights and extra arrays as `joint_step` takes them."""
-  return (jnp.asarray(batch.rows), jnp.asarray(batch.weight, jnp.float32),
-          {k: jnp.asarray(v) for k, v in batch.extra.items()})
+CONCEPT_AXIS = "concepts"
 
 
-def compile_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, batch: StepBatch, frozen):
-  """`joint_step` compiled ahead of time for these shapes: its memory analysis is known before it runs."""
-  return joint_step.lower(cfg, loss_fn, params, opt_state, examples, *_step_arrays(batch), 0, frozen).compile()
+def concept_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A mesh over `devices` (default: every device) whose one axis splits the concepts among them."""
+  return jax.sharding.Mesh(np.array(list(devices or jax.devices())), (CONCEPT_AXIS,))
 
 
-def _fitting_step(cfg, loss_fns: Sequence[LossFn], params, opt_state, examples, batch, frozen, budget):
-  """The compiled step of the first objective (the fastest first) whose temporaries and outputs fit `budget`;
-  the last one if none does."""
+def _padded(tree: PyTree, size: int) -> PyTree:
+  """Every leaf's leading (concept) axis padded to `size` with copies of its first entry."""
+  return jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], size - len(a), axis=0)]), tree)
+
+
+def _step_arrays(batch: StepBatch, mesh: jax.sharding.Mesh | None = None, size: int | None = None) -> tuple:
+  """A step's rows, weights and extra arrays as `joint_step` takes them: padded to `size` concepts (filler
+  concepts get weight 0, so they do not train) and split along the concept axis of `mesh`."""
+  arrays = (np.asarray(batch.rows), np.asarray(batch.weight, np.float32),
+            {k: np.asarray(v) for k, v in batch.extra.items()})
+  if mesh is None:
+    return jax.tree.map(jnp.asarray, arrays)
+  rows, weight, extra = _padded(arrays, size)
+  weight[len(batch.weight):] = 0.0
+  return jax.device_put((rows, weight, extra), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(CONCEPT_AXIS)))
+
+
+def compile_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, batch: StepBatch, frozen,
+                 mesh: jax.sharding.Mesh | None = None, size: int | None = None):
+  """`joint_step` compiled ahead of time for these shapes (and, with a mesh, `size` concepts split over it):
+  its memory analysis is known before it runs."""
+  return joint_step.lower(cfg, loss_fn, params, opt_state, examples, *_step_arrays(batch, mesh, size), 0,
+                          frozen).compile()
+
+
+def _fitting_step(cfg, loss_fns: Sequence[LossFn], params, opt_state, examples, batch, frozen, budget, mesh, size):
+  """The compiled step of the first objective (the fastest first) whose temporaries and outputs fit `budget`
+  (per device); the last one if none does."""
   for loss_fn in loss_fns:
-    step = compile_step(cfg, loss_fn, params, opt_state, examples, batch, frozen)
+    step = compile_step(cfg, loss_fn, params, opt_state, examples, batch, frozen, mesh, size)
     memory = step.memory_analysis()
     needed = memory.temp_size_in_bytes + memory.output_size_in_bytes
     if needed <= budget or loss_fn is loss_fns[-1]:
@@ -130,9 +152,10 @@ def _fitting_step(cfg, loss_fns: Sequence[LossFn], params, opt_state, examples, 
 def train_jointly(cfg: OptimConfig, loss_fn: LossFn | Sequence[LossFn], params: PyTree,
                   examples: dict[str, jax.Array], batches: Sequence[StepBatch], frozen: PyTree = None,
                   progress: Callable[[int, dict[str, np.ndarray]], None] | None = None,
-                  checkpoint: EpochCheckpoint | None = None,
-                  memory_limit: int | None = None) -> tuple[PyTree, dict[str, np.ndarray]]:
-  """Runs `joint_step` over `batches`.
+                  checkpoint: EpochCheckpoint | None = None, memory_limit: int | None = None,
+                  mesh: jax.sharding.Mesh | None = None) -> tuple[PyTree, dict[str, np.ndarray]]:
+  """Runs `joint_step` over `batches`, the concepts split over the devices of `mesh` (default: every device;
+  the concept count is padded to a multiple of the device count with filler concepts that never train).
 
   `loss_fn` may be a sequence of equivalent objectives, fastest first (e.g. keeping activations, then
   recomputing them): the first whose compiled step fits `memory_limit` (default `memory_budget()`) trains.
@@ -142,25 +165,33 @@ def train_jointly(cfg: OptimConfig, loss_fn: LossFn | Sequence[LossFn], params: 
   uninterrupted run.
   """
   loss_fns = tuple(loss_fn) if isinstance(loss_fn, (list, tuple)) else (loss_fn,)
-  opt_state = init_state(cfg, params)
-  params = jax.tree.map(jnp.array, params)  # our own copy: the step donates its buffers
+  mesh = mesh or concept_mesh()
+  state = jax.tree.map(np.asarray, (params, init_state(cfg, params)))
+  concepts = len(jax.tree.leaves(params)[0])
+  size = -(-concepts // mesh.size) * mesh.size
   record: dict[str, list[np.ndarray]] = {}
   start = 0
-  if checkpoint is not None and (saved := checkpoint.restore((params, opt_state))) is not None:
-    start, (params, opt_state), saved_record = saved
+  if checkpoint is not None and (saved := checkpoint.restore(state)) is not None:
+    start, state, saved_record = saved
     record = {k: list(v) for k, v in saved_record.items()}
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(CONCEPT_AXIS))
+  whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params, opt_state = jax.device_put(_padded(jax.tree.map(np.asarray, state), size), split)  # our own copy
+  examples, frozen = jax.device_put((examples, frozen), whole)
+  unpadded = lambda tree: jax.tree.map(lambda a: np.asarray(a)[:concepts], tree)
   if start < len(batches):
     budget = memory_budget() if memory_limit is None else memory_limit
-    step_fn = _fitting_step(cfg, loss_fns, params, opt_state, examples, batches[start], frozen, budget)
+    step_fn = _fitting_step(cfg, loss_fns, params, opt_state, examples, batches[start], frozen, budget, mesh, size)
   for step in range(start, len(batches)):
     batch = batches[step]
-    params, opt_state, values = step_fn(params, opt_state, examples, *_step_arrays(batch), step, frozen)
+    params, opt_state, values = step_fn(params, opt_state, examples, *_step_arrays(batch, mesh, size), step,
+                                        frozen)
     active = np.asarray(batch.weight).any(axis=1)
-    values = {k: np.where(active, np.asarray(v, np.float32), np.nan) for k, v in values.items()}
+    values = {k: np.where(active, v, np.nan) for k, v in unpadded(values).items()}
     for k, v in values.items():
-      record.setdefault(k, []).append(v)
+      record.setdefault(k, []).append(v.astype(np.float32))
     if checkpoint is not None and checkpoint.epoch_ends(step):
-      checkpoint.save(step + 1, (params, opt_state), {k: np.stack(v) for k, v in record.items()})
+      checkpoint.save(step + 1, unpadded((params, opt_state)), {k: np.stack(v) for k, v in record.items()})
     if progress is not None:
       progress(step, values)
-  return params, {k: np.stack(v) for k, v in record.items()}
+  return unpadded(params), {k: np.stack(v) for k, v in record.items()}
