@@ -22,7 +22,7 @@ from axjax.methods import registry
 from axjax.methods.detection_run import check_run, run_detection, summary_table, training_records
 from axjax.steering_eval.report import TRAINING_PLOT, training_loss_plot
 from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache
-from experiments import chunk_flags, cli
+from experiments import cli, scale_flags
 
 _MODEL = flags.DEFINE_string("model", axjax.EMBEDDED_MODEL, "HF checkpoint folder, .gguf file or 'gemma-3-270m'.")
 _DATA = flags.DEFINE_string("data", "concept10/prod_2b_l20_v1",
@@ -48,7 +48,7 @@ _DEAD_REMEDY = flags.DEFINE_enum(
 
 def main(argv):
   del argv
-  chunking = chunk_flags.chunking()
+  chunking, mesh = scale_flags.chunking(), scale_flags.mesh()
   methods = [registry.method(m).name for m in _METHODS.value]
   overrides = registry.parse_overrides(_HPARAMS.value, methods)
   data = read_axbench(_DATA.value, max_concepts=_MAX_CONCEPTS.value)  # validated before any model work
@@ -60,7 +60,8 @@ def main(argv):
   check_run(output, {"model": model.name, "data": _DATA.value, "layer": _LAYER.value, "seed": _SEED.value,
                      "dtype": _DTYPE.value, "max_concepts": _MAX_CONCEPTS.value, "max_examples": _MAX_EXAMPLES.value,
                      "concept_ids": [c.concept_id for c in data.concepts]})
-  cache = ActivationCache(model, data, _LAYER.value, cli.progress_bars(), max_examples=_MAX_EXAMPLES.value)
+  cache = ActivationCache(model, data, _LAYER.value, cli.progress_bars(), max_examples=_MAX_EXAMPLES.value,
+                          mesh=mesh)
   reports, _ = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                              dead_latent_remedy=_DEAD_REMEDY.value, **chunking,
                              imbalance_factor=_IMBALANCE.value, log=lambda line: print(line, flush=True))

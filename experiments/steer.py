@@ -36,7 +36,7 @@ from axjax.steering_eval.instructions import read_instructions
 from axjax.steering_eval.protocol import PROFILES, SteeringProtocol, profile
 from axjax.steering_eval.report import write_report
 from axjax.steering_eval.rows import row_vectors, steering_rows
-from experiments import chunk_flags, cli
+from experiments import cli, scale_flags
 
 _PROFILE = flags.DEFINE_enum("profile", "quick", sorted(PROFILES),
                              "quick: 3 concepts, 2 methods, 5 factors, 4 instructions, 128 tokens (CPU minutes); "
@@ -113,7 +113,7 @@ def make_judge(perplexity_of: dict[tuple[str, str], float]) -> Judge:
 def main(argv):
   del argv
   prof = profile(_PROFILE.value)
-  chunking = chunk_flags.chunking()
+  chunking, mesh = scale_flags.chunking(), scale_flags.mesh()
   methods = [registry.method(m).name for m in (_METHODS.value or prof.methods)]
   overrides = registry.parse_overrides(_HPARAMS.value, methods)
   baseline = _BASELINE.value or methods[0]
@@ -144,10 +144,11 @@ def main(argv):
   seed_results(output, reusable)
   progress = cli.progress_bars()
 
-  cache = ActivationCache(model, data, _LAYER.value, progress)
+  cache = ActivationCache(model, data, _LAYER.value, progress, mesh=mesh)
   reports, dictionaries = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                                        dead_latent_remedy=_DEAD_REMEDY.value, **chunking,
                                        imbalance_factor=100, log=lambda line: print(line, flush=True))
+  placed = cache.placed_params
   del cache  # the activations are not needed for steering
 
   rows = steering_rows(methods, [(c.concept_id, c.name) for c in data.concepts], instructions, protocol)
@@ -156,7 +157,8 @@ def main(argv):
   generations = generate_rows(model, rows, vectors, strengths, layer=_LAYER.value, protocol=protocol,
                               seed=_SEED.value, batch_size=_BATCH.value,
                               shard_dir=os.path.join(output, "steering", "generations"),
-                              progress=lambda done, total: progress("steered generation", done, total))
+                              progress=lambda done, total: progress("steered generation", done, total),
+                              mesh=mesh, params=placed)
   atomic_files.write_parquet(os.path.join(output, "steering", "generations.parquet"), generations)
   table = rows.merge(generations, on="row_id", validate="one_to_one")
   perplexity_of.update(zip(zip(table["instruction"], table["generation"]), table["perplexity"]))

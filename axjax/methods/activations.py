@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from axjax import sharding
 from axjax.model.config import GemmaConfig
 from axjax.model.transformer import embed, frame_from_mask, layer_slice, run_layers
 
@@ -36,13 +37,15 @@ def activation_batches(lengths: np.ndarray, t: int, batch_size: int,
 
 
 def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, layer: int,
-                      batch_size: int = 16, width_multiple: int = 64, progress=None) -> np.ndarray:
+                      batch_size: int = 16, width_multiple: int = 64, progress=None,
+                      mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
   """Residual stream after `layer` for tokens [N, T] (right-padded; mask [N, T]) as [N, T, d] in the model's
   dtype (bfloat16 halves the host memory; every consumer computes its statistics and scores in float32).
 
   Batches follow `activation_batches`, so padding costs little and a handful of shapes compile. The state of
   the first pad after each row is kept (AxBench's ReFT-r1 reads it); positions past a batch's width are zero.
-  `progress`, if given, is called with the number of rows done after each batch.
+  `progress`, if given, is called with the number of rows done after each batch. With a `mesh`, each batch's
+  rows are split over its concept axis (the batch rounded up to a multiple of it).
   """
   config.check_layer(layer)
   chex.assert_rank([tokens, mask], 2)
@@ -50,8 +53,9 @@ def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.
   n, t = tokens.shape
   out = np.zeros((n, t, config.hidden_size), params["embed"].dtype)
   done = 0
+  batch_size, put = sharding.batch_placement(mesh, batch_size)
   for rows, width in activation_batches(mask.sum(axis=1), t, batch_size, width_multiple):
-    acts = _residual(params, config, jnp.asarray(tokens[rows, :width]), jnp.asarray(mask[rows, :width]), layer)
+    acts = _residual(params, config, *put(tokens[rows, :width], mask[rows, :width]), layer)
     out[rows, :width] = np.asarray(acts)  # a partial batch's copies write their row's values again
     done += len(np.unique(rows))
     if progress is not None:

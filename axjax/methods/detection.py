@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
 
 from axjax.data.axbench_format import AxbenchData
@@ -41,11 +42,13 @@ def _report(dictionary: Dictionary, scores: np.ndarray, ex, imbalance_factor: in
 
 
 def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedModel, data: AxbenchData, layer: int,
-                       imbalance_factor: int | None = 100, progress: Callable[[str, int, int], None] | None = None
+                       imbalance_factor: int | None = 100, progress: Callable[[str, int, int], None] | None = None,
+                       mesh: jax.sharding.Mesh | None = None, params=None
                        ) -> dict[str, tuple[dict[str, Any], Dictionary]]:
   """Detection report of each dictionary, and the dictionary with per-concept max activation and threshold.
 
-  One pass of the model over the latent-eval texts scores every concept of every dictionary at once.
+  One pass of the model over the latent-eval texts scores every concept of every dictionary at once (its
+  batches split over `mesh`'s concept axis; `params`: the model's weights already placed on it).
   max activation: the concept's largest example score on its eval rows (what AxBench scales steering by);
   threshold: the Youden-J point of its ROC curve, mapped back from AxBench's min-max scale to raw scores.
   """
@@ -55,8 +58,9 @@ def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedMode
   relu = np.concatenate([np.full(dictionaries[n].num_concepts, method(dictionaries[n].method).relu_score)
                          for n in names])
   report = None if progress is None else functools.partial(progress, "detection scores", total=len(ex.tokens))
-  scores = example_max_scores(model.params, model.config, ex.tokens, ex.attention_mask, ex.score_mask, layer,
-                              stack("weights"), stack("biases"), relu, progress=report)
+  scores = example_max_scores(model.params if params is None else params, model.config, ex.tokens,
+                              ex.attention_mask, ex.score_mask, layer, stack("weights"), stack("biases"), relu,
+                              progress=report, mesh=mesh)
   bounds = np.cumsum([0] + [dictionaries[n].num_concepts for n in names])
   return {n: _report(dictionaries[n], scores[:, bounds[i]:bounds[i + 1]], ex, imbalance_factor)
           for i, n in enumerate(names)}

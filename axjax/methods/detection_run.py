@@ -176,7 +176,8 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
       if not todo:
         continue
       part_cache = cache if len(chunks) == 1 else ActivationCache(
-          cache.model, cache.data, layer, cache.progress, concept_ids=chunk, max_examples=cache.max_examples)
+          cache.model, cache.data, layer, cache.progress, concept_ids=chunk, max_examples=cache.max_examples,
+          mesh=cache.mesh)
       for name in todo:
         _train_part(part, name, part_cache, overrides=overrides, seed=seed, dead_latent_remedy=dead_latent_remedy,
                     log=log)
@@ -190,8 +191,9 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
   if pending:
     trained = {name: load_dictionary(dict_path(output_dir, name), hidden_size=hidden, layer=layer)
                for name in pending}
-    for name, (report, dictionary) in evaluate_detection(trained, cache.model, cache.data, layer,
-                                                         imbalance_factor, cache.progress).items():
+    evaluated = evaluate_detection(trained, cache.model, cache.data, layer, imbalance_factor, cache.progress,
+                                   cache.mesh, cache.placed_params)
+    for name, (report, dictionary) in evaluated.items():
       record_path = os.path.join(output_dir, "training", f"{name}.json")
       if os.path.exists(record_path):
         report["training"] = atomic_files.read_json(record_path)

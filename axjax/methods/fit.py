@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from axjax import sharding
 from axjax.data import batching, examples as data_examples
 from axjax.data.axbench_format import AxbenchData
 from axjax.dictionary import Dictionary
@@ -43,7 +44,16 @@ class ActivationCache:
   progress: Progress | None = None
   concept_ids: tuple[int, ...] | None = None  # train only these concepts (default: all)
   max_examples: int | None = None  # per concept, half positives and half negatives (AxBench's scaling sweep)
+  mesh: jax.sharding.Mesh | None = None  # devices that share the work (default: every device, concept axis)
   _sets: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    self.mesh = self.mesh or sharding.make_mesh()
+
+  @functools.cached_property
+  def placed_params(self):
+    """The frozen model's weights placed on the mesh (split over its model axis), once."""
+    return sharding.place_frozen(self.model.params, self.mesh)
 
   def examples(self, kind: str):
     """'binarized', 'lm_all' (positives and negatives) or 'lm_positive' examples, tokenised once."""
@@ -60,8 +70,8 @@ class ActivationCache:
       report = None
       if self.progress is not None:
         report = functools.partial(self.progress, f"activations ({kind})", total=len(ex.tokens))
-      acts = layer_activations(self.model.params, self.model.config, ex.tokens, ex.attention_mask, self.layer,
-                               progress=report)
+      acts = layer_activations(self.placed_params, self.model.config, ex.tokens, ex.attention_mask, self.layer,
+                               progress=report, mesh=self.mesh)
       self._sets[kind] = (ex, acts)
     return self._sets[kind]
 
@@ -173,7 +183,8 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
   report = None if progress is None else (lambda step, _: progress(f"train {spec.name}", step + 1, steps))
   trained, record = train_jointly(cfg, loss, {"w": jnp.asarray(init, jnp.float32)},
                                   {k: jnp.asarray(v) for k, v in arrays.items()}, batches,
-                                  frozen=cache.model.params, progress=report, checkpoint=checkpoint)
+                                  frozen=cache.placed_params, progress=report, checkpoint=checkpoint,
+                                  mesh=cache.mesh)
   return np.array(trained["w"]), record, per_epoch
 
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from axjax import sharding
 from axjax.methods.training_checkpoint import EpochCheckpoint
 
 PyTree = Any
@@ -103,14 +104,6 @@ def memory_budget() -> int:
   return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
-CONCEPT_AXIS = "concepts"
-
-
-def concept_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A mesh over `devices` (default: every device) whose one axis splits the concepts among them."""
-  return jax.sharding.Mesh(np.array(list(devices or jax.devices())), (CONCEPT_AXIS,))
-
-
 def _padded(tree: PyTree, size: int) -> PyTree:
   """Every leaf's leading (concept) axis padded to `size` with copies of its first entry."""
   return jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], size - len(a), axis=0)]), tree)
@@ -125,7 +118,7 @@ def _step_arrays(batch: StepBatch, mesh: jax.sharding.Mesh | None = None, size: 
     return jax.tree.map(jnp.asarray, arrays)
   rows, weight, extra = _padded(arrays, size)
   weight[len(batch.weight):] = 0.0
-  return jax.device_put((rows, weight, extra), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(CONCEPT_AXIS)))
+  return jax.device_put((rows, weight, extra), sharding.split_concepts(mesh))
 
 
 def compile_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, batch: StepBatch, frozen,
@@ -154,8 +147,9 @@ def train_jointly(cfg: OptimConfig, loss_fn: LossFn | Sequence[LossFn], params: 
                   progress: Callable[[int, dict[str, np.ndarray]], None] | None = None,
                   checkpoint: EpochCheckpoint | None = None, memory_limit: int | None = None,
                   mesh: jax.sharding.Mesh | None = None) -> tuple[PyTree, dict[str, np.ndarray]]:
-  """Runs `joint_step` over `batches`, the concepts split over the devices of `mesh` (default: every device;
-  the concept count is padded to a multiple of the device count with filler concepts that never train).
+  """Runs `joint_step` over `batches`, the concepts split over the concept axis of `mesh` (default: every
+  device; the concept count is padded to a multiple of that axis with filler concepts that never train) and
+  the frozen model over its model axis.
 
   `loss_fn` may be a sequence of equivalent objectives, fastest first (e.g. keeping activations, then
   recomputing them): the first whose compiled step fits `memory_limit` (default `memory_budget()`) trains.
@@ -165,19 +159,18 @@ def train_jointly(cfg: OptimConfig, loss_fn: LossFn | Sequence[LossFn], params: 
   uninterrupted run.
   """
   loss_fns = tuple(loss_fn) if isinstance(loss_fn, (list, tuple)) else (loss_fn,)
-  mesh = mesh or concept_mesh()
+  mesh = mesh or sharding.make_mesh()
   state = jax.tree.map(np.asarray, (params, init_state(cfg, params)))
   concepts = len(jax.tree.leaves(params)[0])
-  size = -(-concepts // mesh.size) * mesh.size
+  size = -(-concepts // mesh.shape[sharding.CONCEPTS]) * mesh.shape[sharding.CONCEPTS]
   record: dict[str, list[np.ndarray]] = {}
   start = 0
   if checkpoint is not None and (saved := checkpoint.restore(state)) is not None:
     start, state, saved_record = saved
     record = {k: list(v) for k, v in saved_record.items()}
-  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(CONCEPT_AXIS))
-  whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  params, opt_state = jax.device_put(_padded(jax.tree.map(np.asarray, state), size), split)  # our own copy
-  examples, frozen = jax.device_put((examples, frozen), whole)
+  params, opt_state = jax.device_put(_padded(state, size), sharding.split_concepts(mesh))  # our own copy
+  examples = jax.device_put(examples, sharding.replicated(mesh))
+  frozen = None if frozen is None else sharding.place_frozen(frozen, mesh)
   unpadded = lambda tree: jax.tree.map(lambda a: np.asarray(a)[:concepts], tree)
   if start < len(batches):
     budget = memory_budget() if memory_limit is None else memory_limit
@@ -186,6 +179,9 @@ def train_jointly(cfg: OptimConfig, loss_fn: LossFn | Sequence[LossFn], params: 
     batch = batches[step]
     params, opt_state, values = step_fn(params, opt_state, examples, *_step_arrays(batch, mesh, size), step,
                                         frozen)
+    # XLA may return the state split differently (e.g. over the model axis too); the compiled step takes it
+    # as it was placed.
+    params, opt_state = jax.device_put((params, opt_state), sharding.split_concepts(mesh))
     active = np.asarray(batch.weight).any(axis=1)
     values = {k: np.where(active, v, np.nan) for k, v in unpadded(values).items()}
     for k, v in values.items():

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from axjax import sharding
 from axjax.methods.activations import activation_batches, residual_stream
 from axjax.model.config import GemmaConfig
 
@@ -38,20 +39,22 @@ def _batch_max_scores(params, config: GemmaConfig, tokens, mask, score_mask, lay
 
 def example_max_scores(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, score_mask: np.ndarray,
                        layer: int, weights: np.ndarray, biases: np.ndarray, relu: np.ndarray, *,
-                       batch_size: int = 16, width_multiple: int = 64, progress=None) -> np.ndarray:
+                       batch_size: int = 16, width_multiple: int = 64, progress=None,
+                       mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
   """Per example and concept, the max over scored tokens of the token score at `layer`: [N, C] float32.
 
-  tokens/mask/score_mask [N, T]; weights [C, d]; biases and relu [C]. Batches follow `activation_batches`.
+  tokens/mask/score_mask [N, T]; weights [C, d]; biases and relu [C]. Batches follow `activation_batches`;
+  with a `mesh`, each batch's texts are split over its concept axis.
   """
   chex.assert_equal_shape([tokens, mask, score_mask])
   w, b = jnp.asarray(weights, jnp.float32), jnp.asarray(biases, jnp.float32)
   r = jnp.asarray(relu, bool)
   out = np.empty((tokens.shape[0], w.shape[0]), np.float32)
   done = 0
+  batch_size, put = sharding.batch_placement(mesh, batch_size)
   for rows, width in activation_batches(mask.sum(axis=1), tokens.shape[1], batch_size, width_multiple):
-    out[rows] = np.asarray(_batch_max_scores(params, config, jnp.asarray(tokens[rows, :width]),
-                                             jnp.asarray(mask[rows, :width]), jnp.asarray(score_mask[rows, :width]),
-                                             layer, w, b, r))
+    out[rows] = np.asarray(_batch_max_scores(params, config, *put(tokens[rows, :width], mask[rows, :width],
+                                                                  score_mask[rows, :width]), layer, w, b, r))
     done += len(np.unique(rows))
     if progress is not None:
       progress(done)

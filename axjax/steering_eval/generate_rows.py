@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from axjax import atomic_files
+from axjax import atomic_files, sharding
 from axjax.data.chat_format import prefix_length
 from axjax.evaluation.perplexity import continuation_perplexity
 from axjax.generation.decode import generate_tokens
@@ -48,10 +48,13 @@ def read_shards(shard_dir: str) -> pd.DataFrame:
 
 def generate_rows(model: LoadedModel, rows: pd.DataFrame, vectors: np.ndarray, strengths: np.ndarray, *,
                   layer: int, protocol: SteeringProtocol, seed: int, batch_size: int, shard_dir: str,
-                  length_bucket: int = 32, progress: Progress | None = None) -> pd.DataFrame:
+                  length_bucket: int = 32, progress: Progress | None = None,
+                  mesh: jax.sharding.Mesh | None = None, params=None) -> pd.DataFrame:
   """Generation, its token count and its perplexity under the unsteered model for every row (COLUMNS).
 
   `rows` as from `steering_rows` (positional index), `vectors` [N, d] and `strengths` [N] from `row_vectors`.
+  With a `mesh`, each batch's rows (the batch rounded up to a multiple of its concept axis) are split over
+  that axis; `params`: the model's weights already placed on it (default: `model.params`).
   """
   tok = model.tokenizer
   pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -71,13 +74,17 @@ def generate_rows(model: LoadedModel, rows: pd.DataFrame, vectors: np.ndarray, s
   skip = prefix_length(tok) if protocol.intervention == "clamping" else 0  # AxBench's clamping keeps the prefix
   stops = stop_token_ids(tok)
   finished = len(rows) - len(todo)
+  batch_size, put = sharding.batch_placement(mesh, batch_size)
+  params = model.params if params is None else params
   for start in range(0, len(todo), batch_size):
     batch = todo[start:start + batch_size]
     padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch))])  # fixed batch shape
     ids, mask = left_pad([encoded[i] for i in padded], pad_id, length_bucket)
     steer_mask = mask & (np.cumsum(mask, axis=1) > skip)
-    out = generate_tokens(model.params, model.config, ids, mask, keys[padded], sampling, stops, pad_id,
-                          intervention, steering_params(vectors[padded], strengths[padded]), steer_mask)
+    ids, mask, row_key, vector, strength, steer_mask = put(ids, mask, keys[padded], vectors[padded],
+                                                           strengths[padded], steer_mask)
+    out = generate_tokens(params, model.config, ids, mask, row_key, sampling, stops, pad_id, intervention,
+                          steering_params(vector, strength), steer_mask)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     generated = [tokens[j, :lengths[j]].tolist() for j in range(len(batch))]
     perplexity = continuation_perplexity(model, [encoded[i] for i in batch], generated, batch_size=batch_size)
