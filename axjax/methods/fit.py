@@ -10,7 +10,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -129,13 +129,29 @@ def _dead_latents(record: dict[str, np.ndarray], steps_per_epoch: int) -> np.nda
   return np.nansum(last, axis=0) == 0
 
 
-def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: int, progress: Progress | None,
-           checkpoint_dir: str | None, subset: np.ndarray | None = None, init: np.ndarray | None = None
-           ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
-  """Trains a gradient-based method for the concepts at positions `subset` (default all) jointly.
+# Hyperparameters a sweep may vary inside one compiled step, and the per-concept step array each becomes.
+SWEEPABLE = {"lr": "lr_scale", "coeff_latent_l1_loss": "coeff_l1", "coeff_l1_loss": "coeff_l1"}
 
-  Returns the weights [C, d], the training record {name: [steps, C]} and the steps per epoch. `init`
-  replaces AxBench's initial weights.
+
+def _grid_arrays(grid: Sequence[dict[str, Any]], hp: dict[str, Any], concepts: int) -> dict[str, np.ndarray]:
+  """Per virtual concept (grid point major, concept minor) the swept values as `joint_step` extras: the
+  learning rate as a factor on the base one, loss coefficients as they are."""
+  out = {}
+  for key in {k for point in grid for k in point}:
+    values = np.array([float(point.get(key, hp[key])) for point in grid], np.float32)
+    out[SWEEPABLE[key]] = np.repeat(values / hp[key] if key == "lr" else values, concepts)
+  return out
+
+
+def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: int, progress: Progress | None,
+           checkpoint_dir: str | None, subset: np.ndarray | None = None, init: np.ndarray | None = None,
+           grid: Sequence[dict[str, Any]] = ({},)) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+  """Trains a gradient-based method for the concepts at positions `subset` (default all) jointly, at every
+  point of `grid` (values of SWEEPABLE hyperparameters) at once: each concept trains once per point, on the
+  same batches, as a separate run with those values would.
+
+  Returns the weights [G * C, d] and the training record {name: [steps, G * C]} (grid point major), and the
+  steps per epoch. `init` replaces AxBench's initial weights.
   """
   config = cache.model.config
   if spec.name == "LinearProbe":
@@ -176,9 +192,15 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
     width = batching.packed_width(ex.loss_mask, steps_rows)
     batches = [StepBatch(rows, weight, dict(zip(("loss_index", "loss_valid"), batching.packed_loss_positions(
         ex.loss_mask, rows, weight, width)))) for rows, weight in steps_rows]
+  if len(grid) > 1 or grid[0]:
+    tile = lambda a: np.concatenate([np.asarray(a)] * len(grid))
+    swept = _grid_arrays(grid, hp, len(subset))
+    batches = [StepBatch(tile(b.rows), tile(b.weight), {**{k: tile(v) for k, v in b.extra.items()}, **swept})
+               for b in batches]
+    init = tile(init)
   checkpoint = None
   if checkpoint_dir is not None:
-    settings = {**hp, "seed": seed, "concept_ids": concept_ids.tolist()}
+    settings = {**hp, "seed": seed, "concept_ids": concept_ids.tolist(), **({"grid": list(grid)} if grid[0] else {})}
     checkpoint = EpochCheckpoint(checkpoint_dir, per_epoch, json.loads(json.dumps(settings)))
   report = None if progress is None else (lambda step, _: progress(f"train {spec.name}", step + 1, steps))
   trained, record = train_jointly(cfg, loss, {"w": jnp.asarray(init, jnp.float32)},
@@ -203,7 +225,7 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
                      f"{', '.join(DEAD_LATENT_REMEDIES)}")
   config = cache.model.config
   hp = hyperparameters(spec, config, overrides)
-  concepts = cache.data.concepts if cache.concept_ids is None else [cache.data.concept(c) for c in cache.concept_ids]
+  concepts = _concepts(cache)
   biases = np.zeros(len(concepts), np.float32)
   frame = dead = remedied = None
   if spec.name == "Random":
@@ -232,7 +254,50 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
     ex, acts = cache.examples("binarized")
     weights = _closed_form(spec.name, ex, acts, seed)
   hp = {**hp, "seed": seed, **({"dead_latent_remedy": dead_latent_remedy} if dead is not None else {})}
-  dictionary = Dictionary(weights=weights, biases=biases, concept_ids=tuple(c.concept_id for c in concepts),
-                          concept_names=tuple(c.name for c in concepts), method=spec.name,
-                          model_name=cache.model.name, layer=cache.layer, hyperparameters=hp)
-  return FitResult(dictionary, frame, dead, remedied)
+  return FitResult(_dictionary(spec.name, cache, weights, biases, hp), frame, dead, remedied)
+
+
+def _concepts(cache: ActivationCache):
+  return cache.data.concepts if cache.concept_ids is None else [cache.data.concept(c) for c in cache.concept_ids]
+
+
+def _dictionary(name: str, cache: ActivationCache, weights: np.ndarray, biases: np.ndarray,
+                hp: dict[str, Any]) -> Dictionary:
+  concepts = _concepts(cache)
+  return Dictionary(weights=weights, biases=biases, concept_ids=tuple(c.concept_id for c in concepts),
+                    concept_names=tuple(c.name for c in concepts), method=name, model_name=cache.model.name,
+                    layer=cache.layer, hyperparameters=hp)
+
+
+def fit_sweep(name: str, cache: ActivationCache, grid: Sequence[dict[str, Any]], *,
+              overrides: dict[str, Any] | None = None, seed: int = 0, progress: Progress | None = None,
+              checkpoint_dir: str | None = None) -> list[FitResult]:
+  """Method `name` trained at every point of `grid` (e.g. [{"lr": 0.005}, {"lr": 0.01}]) in one compiled step:
+  each concept once per point, equal to separate runs with those values (tested). One FitResult per point.
+
+  Only SWEEPABLE hyperparameters may vary (the others change shapes or the schedule: run them separately).
+  """
+  spec = method(name)
+  if not spec.trained:
+    raise AxjaxError(f"{spec.name} is not trained by gradient descent: it has nothing to sweep")
+  hp = hyperparameters(spec, cache.model.config, overrides)
+  points = []
+  for point in grid:
+    bad = [k for k in point if k not in SWEEPABLE or k not in hp]
+    if bad:
+      sweepable = sorted(k for k in SWEEPABLE if k in hp)
+      raise AxjaxError(f"{spec.name}.{bad[0]} cannot be swept inside one training step (sweepable: "
+                       f"{', '.join(sweepable)}); run other values as separate runs")
+    points.append({k: type(hp[k])(v) for k, v in point.items()})
+  weights, record, per_epoch = _train(spec, hp, cache, seed, progress, checkpoint_dir, grid=points)
+  c = len(_concepts(cache))
+  ids = np.array([concept.concept_id for concept in _concepts(cache)])
+  out = []
+  for g, point in enumerate(points):
+    part = {k: v[:, g * c:(g + 1) * c] for k, v in record.items()}
+    dead = _dead_latents(part, per_epoch) if "fired" in part else None
+    out.append(FitResult(_dictionary(spec.name, cache, weights[g * c:(g + 1) * c], np.zeros(c, np.float32),
+                                     {**hp, **point, "seed": seed}),
+                         _record_frame(part, ids, per_epoch), dead,
+                         None if dead is None else np.zeros_like(dead)))
+  return out

@@ -62,6 +62,8 @@ def _concept_update(cfg: OptimConfig, loss_fn: LossFn, frozen, params, opt_state
     params = {**params, cfg.unit_norm_key: w}
     grads = {**grads, cfg.unit_norm_key: g - jnp.dot(g, w) * w}
   updates, new_state = _optimizer(cfg).update(grads, opt_state, params)
+  if "lr_scale" in batch:  # a hyperparameter sweep: this concept's learning rate relative to cfg.lr
+    updates = jax.tree.map(lambda u: u * batch["lr_scale"], updates)
   new_params = optax.apply_updates(params, updates)
   # A concept with fewer examples than the others has filler steps (all weights 0): leave it untouched there.
   active = jnp.sum(batch["weight"]) > 0

@@ -85,7 +85,8 @@ class UpperModel:
 # Each objective is a frozen dataclass: static under jit and hashable by value, so every training run with the
 # same settings and shapes reuses one compiled step (a functools.partial would hash by identity and recompile).
 # Each returns (loss, parts): `parts` are per-step scalars kept in the training record (loss curves, and
-# `fired`, the share of intervened tokens whose latent is positive, which tells a dead ReLU latent).
+# `fired`, the share of intervened tokens whose latent is positive, which tells a dead ReLU latent). In a
+# hyperparameter sweep each concept brings its own loss coefficient in batch["coeff_l1"].
 @dataclasses.dataclass(frozen=True)
 class ProbeObjective:
   """Linear probe: BCE of sigmoid(h . w) against the example label at every scored token (bias unused).
@@ -104,7 +105,7 @@ class ProbeObjective:
     bce = _weighted_mean((axbench_bce if self.saturating else bce_with_logits)(logits, labels), mask)
     l1 = sum(jnp.abs(p).sum() for p in jax.tree.leaves(params))
     accuracy = _weighted_mean(((logits > 0) == (labels > 0)).astype(jnp.float32), mask)
-    return bce + self.coeff_l1 * l1, {"bce": bce, "accuracy": accuracy}
+    return bce + batch.get("coeff_l1", self.coeff_l1) * l1, {"bce": bce, "accuracy": accuracy}
 
 
 def _pad_copies(batch, topk: int, w: Array) -> Array:
@@ -148,7 +149,7 @@ class ReftR1Objective:
     l1 = _weighted_mean(non_top.sum(-1) / (where.sum(-1) + jnp.finfo(jnp.float32).eps), batch["weight"])
     lm = self.upper.output_nll(model_params, steered, batch)
     fired = _fired(latent, where, batch["weight"])
-    return lm + progress * self.coeff_l1 * l1, {"lm": lm, "l1": l1, "fired": fired}
+    return lm + progress * batch.get("coeff_l1", self.coeff_l1) * l1, {"lm": lm, "l1": l1, "fired": fired}
 
 
 @dataclasses.dataclass(frozen=True)
