@@ -21,7 +21,7 @@ from axjax.data.axbench_format import read_axbench
 from axjax.methods import registry
 from axjax.methods.detection_run import check_run, run_detection, summary_table, training_records
 from axjax.steering_eval.report import TRAINING_PLOT, training_loss_plot
-from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache
+from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache, sweep_points
 from experiments import cli, scale_flags
 
 _MODEL = flags.DEFINE_string("model", axjax.EMBEDDED_MODEL, "HF checkpoint folder, .gguf file or 'gemma-3-270m'.")
@@ -36,6 +36,11 @@ _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None,
                                      "Train on at most N examples per concept, half positives and half negatives "
                                      "(AxBench's max_num_of_examples, its scaling-law sweep).")
 _HPARAMS = flags.DEFINE_list("hparams", [], "Overrides as Method.name=value, e.g. ReFT-r1.n_epochs=1.")
+_SWEEP = flags.DEFINE_multi_string(
+    "sweep", [], "A hyperparameter grid trained inside one compiled step, e.g. --sweep=ReFT-r1.lr=0.005,0.01,0.02 "
+    "(repeat the flag for more parameters of a method: every combination trains). Sweepable: lr and the L1 "
+    "coefficients. Each point is reported as 'Method@lr=...'; the method's own entry takes, per concept, the "
+    "point with the lowest training loss.")
 _IMBALANCE = flags.DEFINE_integer("imbalance_factor", 100,
                                   "Negatives per positive in the imbalanced F1 setting (capped by the data).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for data order, initialisation and LAT's pairing.")
@@ -51,19 +56,22 @@ def main(argv):
   chunking, mesh = scale_flags.chunking(), scale_flags.mesh()
   methods = [registry.method(m).name for m in _METHODS.value]
   overrides = registry.parse_overrides(_HPARAMS.value, methods)
+  sweeps = registry.parse_sweeps(_SWEEP.value, methods)
   data = read_axbench(_DATA.value, max_concepts=_MAX_CONCEPTS.value)  # validated before any model work
   output = _OUTPUT.value or os.path.join("checkpoints", f"detect-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
   model = axjax.load(_MODEL.value, _DTYPE.value)
   model.config.check_layer(_LAYER.value)
   for name in methods:
-    registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
+    hp = registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
+    if name in sweeps:
+      sweep_points(registry.method(name), hp, sweeps[name])
   check_run(output, {"model": model.name, "data": _DATA.value, "layer": _LAYER.value, "seed": _SEED.value,
                      "dtype": _DTYPE.value, "max_concepts": _MAX_CONCEPTS.value, "max_examples": _MAX_EXAMPLES.value,
                      "concept_ids": [c.concept_id for c in data.concepts]})
   cache = ActivationCache(model, data, _LAYER.value, cli.progress_bars(), max_examples=_MAX_EXAMPLES.value,
                           mesh=mesh)
   reports, _ = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
-                             dead_latent_remedy=_DEAD_REMEDY.value, **chunking,
+                             dead_latent_remedy=_DEAD_REMEDY.value, sweeps=sweeps, **chunking,
                              imbalance_factor=_IMBALANCE.value, log=lambda line: print(line, flush=True))
   atomic_files.write_json(os.path.join(output, "detection.json"), reports)
   if records := training_records(output, methods):

@@ -20,7 +20,8 @@ from axjax.dictionary import Dictionary, load_dictionary, save_dictionary
 from axjax.errors import AxjaxError
 from axjax.methods import concept_chunks
 from axjax.methods.detection import evaluate_detection
-from axjax.methods.fit import ActivationCache, FitResult, fit_method
+from axjax.methods.fit import ActivationCache, FitResult, best_of_sweep, fit_method, fit_sweep
+from axjax.methods.registry import grid_label
 
 
 def check_run(output_dir: str, settings: dict) -> None:
@@ -81,7 +82,8 @@ def _training_report(result: FitResult) -> list[dict]:
   out = []
   for i, cid in enumerate(result.dictionary.concept_ids):
     rows = last[last["concept_id"] == cid]
-    entry = {"concept_id": int(cid), "final_loss": float(rows["loss"].iloc[-1])}
+    entry = {"concept_id": int(cid), "final_loss": float(rows["loss"].iloc[-1]),
+             **({"grid_point": rows["grid_point"].iloc[-1]} if "grid_point" in rows else {})}
     if result.dead is not None:
       entry.update(fired_last_epoch=float(rows["fired"].mean()), dead_latent=bool(result.dead[i]),
                    remedied=bool(result.remedied[i]))
@@ -89,18 +91,32 @@ def _training_report(result: FitResult) -> list[dict]:
   return out
 
 
-def _train_part(part_dir: str, name: str, cache: ActivationCache, *, overrides, seed: int, dead_latent_remedy: str,
-                log: Callable[[str], None]) -> None:
-  """Trains method `name` on the concepts of `cache` into results folder `part_dir`: its dictionary (without
-  max activations yet) and, for gradient-trained methods, training/<name>.parquet and .json."""
-  state_dir = os.path.join(part_dir, "training", name)
-  result = fit_method(name, cache, overrides=overrides.get(name), seed=seed, progress=cache.progress,
-                      checkpoint_dir=state_dir, dead_latent_remedy=dead_latent_remedy)
+def _write_training(part_dir: str, name: str, result: FitResult, log: Callable[[str], None] | None) -> None:
   if result.record is not None:
     atomic_files.write_parquet(os.path.join(part_dir, "training", f"{name}.parquet"), result.record)
     atomic_files.write_json(os.path.join(part_dir, "training", f"{name}.json"), _training_report(result))
-    log(training_summary(name, result))
+    if log is not None:
+      log(training_summary(name, result))
   save_dictionary(os.path.join(part_dir, "dictionaries", name), result.dictionary)
+
+
+def _train_part(part_dir: str, name: str, cache: ActivationCache, *, overrides, seed: int, dead_latent_remedy: str,
+                grid: Sequence[dict] | None, log: Callable[[str], None]) -> None:
+  """Trains method `name` on the concepts of `cache` into results folder `part_dir`: its dictionary (without
+  max activations yet) and, for gradient-trained methods, training/<name>.parquet and .json. With a `grid`,
+  every point trains in one step and is saved under its label; `name` gets each concept's best point."""
+  state_dir = os.path.join(part_dir, "training", name)
+  if grid:
+    results = fit_sweep(name, cache, grid, overrides=overrides.get(name), seed=seed, progress=cache.progress,
+                        checkpoint_dir=state_dir)
+    labels = [grid_label(name, point) for point in grid]
+    for label, result in zip(labels, results):
+      _write_training(part_dir, label, result, None)
+    _write_training(part_dir, name, best_of_sweep(results, labels), log)
+  else:
+    _write_training(part_dir, name, fit_method(name, cache, overrides=overrides.get(name), seed=seed,
+                                               progress=cache.progress, checkpoint_dir=state_dir,
+                                               dead_latent_remedy=dead_latent_remedy), log)
   shutil.rmtree(state_dir, ignore_errors=True)  # epoch state, now finished
 
 
@@ -123,7 +139,10 @@ def _merge_parts(output_dir: str, parts: list[str], name: str) -> None:
   """One dictionary and training record of method `name` from the chunk folders, in chunk order."""
   found = [load_dictionary(os.path.join(p, "dictionaries", name)) for p in parts]
   first = found[0]
-  merged = first.replace(weights=np.concatenate([d.weights for d in found]),
+  hp = dict(first.hyperparameters)
+  if "sweep_selected" in hp:  # per concept: each chunk names its own concepts' points
+    hp["sweep_selected"] = sum((d.hyperparameters["sweep_selected"] for d in found), [])
+  merged = first.replace(hyperparameters=hp, weights=np.concatenate([d.weights for d in found]),
                          biases=np.concatenate([d.biases for d in found]),
                          concept_ids=sum((d.concept_ids for d in found), ()),
                          concept_names=sum((d.concept_names for d in found), ()), max_activations=None,
@@ -140,6 +159,7 @@ def _merge_parts(output_dir: str, parts: list[str], name: str) -> None:
 def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: str, *,
                   overrides: Mapping[str, Mapping[str, str]], seed: int, imbalance_factor: int | None,
                   dead_latent_remedy: str = "none", memory_budget: int | None = None, max_chunk: int | None = None,
+                  sweeps: Mapping[str, Sequence[dict]] | None = None,
                   log: Callable[[str], None] = print) -> tuple[dict[str, dict], dict[str, Dictionary]]:
   """Detection report and dictionary (with max activations) of every method; finished work is read back.
 
@@ -148,13 +168,17 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
   once, and the chunk's results are kept under chunks/<i>/ until every chunk is done (a run of one chunk
   writes in place). A rerun resumes at the first unfinished chunk, method and epoch. Then one pass over the
   eval texts scores every method's dictionary. Gradient-trained methods also write training/<method>.parquet
-  (per concept and step: loss and its parts).
+  (per concept and step: loss and its parts). A method in `sweeps` trains every point of its grid at once;
+  each point is reported as its own entry ('ReFT-r1@lr=0.005'), and the method's entry takes each concept's
+  point with the lowest training loss (`best_of_sweep`).
   """
   reports, dictionaries = {}, {}
+  sweeps = sweeps or {}
   hidden, layer = cache.model.config.hidden_size, cache.layer
   dict_path = lambda folder, name: os.path.join(folder, "dictionaries", name)
+  entries = {m: [m] + [grid_label(m, point) for point in sweeps.get(m, ())] for m in methods}
   pending = []
-  for name in methods:
+  for name in [n for m in methods for n in entries[m]]:
     result_path = os.path.join(output_dir, "detection", f"{name}.json")
     if os.path.exists(result_path) and os.path.exists(dict_path(output_dir, name)):
       reports[name] = atomic_files.read_json(result_path)
@@ -162,17 +186,18 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
     else:
       pending.append(name)
   untrained = [name for name in pending if not os.path.exists(dict_path(output_dir, name))]
+  to_train = [m for m in methods if any(n in untrained for n in entries[m])]
   if untrained:
     ids = list(cache.concept_ids or [c.concept_id for c in cache.data.concepts])
     budget = memory_budget or concept_chunks.host_memory_budget()
     chunks = _chunk_plan(output_dir, ids, lambda: concept_chunks.plan_chunks(
-        ids, concept_chunks.activation_bytes(cache, untrained, ids), budget, max_chunk))
+        ids, concept_chunks.activation_bytes(cache, to_train, ids), budget, max_chunk))
     parts = [output_dir] if len(chunks) == 1 else [os.path.join(output_dir, "chunks", f"{i:05d}")
                                                    for i in range(len(chunks))]
     if len(chunks) > 1:
       log(f"{len(ids)} concepts in {len(chunks)} chunks of up to {max(map(len, chunks))} concepts")
     for i, (chunk, part) in enumerate(zip(chunks, parts)):
-      todo = [name for name in untrained if not os.path.exists(dict_path(part, name))]
+      todo = [m for m in to_train if any(not os.path.exists(dict_path(part, n)) for n in entries[m])]
       if not todo:
         continue
       part_cache = cache if len(chunks) == 1 else ActivationCache(
@@ -180,7 +205,7 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
           mesh=cache.mesh)
       for name in todo:
         _train_part(part, name, part_cache, overrides=overrides, seed=seed, dead_latent_remedy=dead_latent_remedy,
-                    log=log)
+                    grid=sweeps.get(name), log=log)
       del part_cache  # the chunk's activations
       if len(chunks) > 1:
         log(f"chunk {i + 1}/{len(chunks)} trained ({len(chunk)} concepts)")
@@ -202,7 +227,8 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
       atomic_files.write_json(os.path.join(output_dir, "detection", f"{name}.json"), report)
       reports[name], dictionaries[name] = report, dictionary
       log(f"{name}: mean AUROC {report['mean']['roc']['roc_auc']:.3f} over {len(report['concepts'])} concepts")
-  return {name: reports[name] for name in methods}, {name: dictionaries[name] for name in methods}
+  names = [n for m in methods for n in entries[m]]
+  return {n: reports[n] for n in names}, {n: dictionaries[n] for n in names}
 
 
 def training_records(output_dir: str, methods: Sequence[str]) -> dict[str, pd.DataFrame]:

@@ -269,6 +269,24 @@ def _dictionary(name: str, cache: ActivationCache, weights: np.ndarray, biases: 
                     layer=cache.layer, hyperparameters=hp)
 
 
+def sweep_points(spec: MethodSpec, hp: dict[str, Any], grid: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The grid with its values typed as the method's hyperparameters; refuses what cannot be swept."""
+  if not spec.trained:
+    raise AxjaxError(f"{spec.name} is not trained by gradient descent: it has nothing to sweep")
+  points = []
+  for point in grid:
+    bad = [k for k in point if k not in SWEEPABLE or k not in hp]
+    if bad:
+      sweepable = sorted(k for k in SWEEPABLE if k in hp)
+      raise AxjaxError(f"{spec.name}.{bad[0]} cannot be swept inside one training step (sweepable: "
+                       f"{', '.join(sweepable)}); run other values as separate runs")
+    try:
+      points.append({k: type(hp[k])(v) for k, v in point.items()})
+    except ValueError:
+      raise AxjaxError(f"{spec.name} sweep point {point} has a value that is not a number") from None
+  return points
+
+
 def fit_sweep(name: str, cache: ActivationCache, grid: Sequence[dict[str, Any]], *,
               overrides: dict[str, Any] | None = None, seed: int = 0, progress: Progress | None = None,
               checkpoint_dir: str | None = None) -> list[FitResult]:
@@ -278,17 +296,8 @@ def fit_sweep(name: str, cache: ActivationCache, grid: Sequence[dict[str, Any]],
   Only SWEEPABLE hyperparameters may vary (the others change shapes or the schedule: run them separately).
   """
   spec = method(name)
-  if not spec.trained:
-    raise AxjaxError(f"{spec.name} is not trained by gradient descent: it has nothing to sweep")
   hp = hyperparameters(spec, cache.model.config, overrides)
-  points = []
-  for point in grid:
-    bad = [k for k in point if k not in SWEEPABLE or k not in hp]
-    if bad:
-      sweepable = sorted(k for k in SWEEPABLE if k in hp)
-      raise AxjaxError(f"{spec.name}.{bad[0]} cannot be swept inside one training step (sweepable: "
-                       f"{', '.join(sweepable)}); run other values as separate runs")
-    points.append({k: type(hp[k])(v) for k, v in point.items()})
+  points = sweep_points(spec, hp, grid)
   weights, record, per_epoch = _train(spec, hp, cache, seed, progress, checkpoint_dir, grid=points)
   c = len(_concepts(cache))
   ids = np.array([concept.concept_id for concept in _concepts(cache)])
@@ -301,3 +310,25 @@ def fit_sweep(name: str, cache: ActivationCache, grid: Sequence[dict[str, Any]],
                          _record_frame(part, ids, per_epoch), dead,
                          None if dead is None else np.zeros_like(dead)))
   return out
+
+
+def best_of_sweep(results: Sequence[FitResult], labels: Sequence[str]) -> FitResult:
+  """Per concept, the grid point whose last epoch had the lowest mean of the data term of its loss (the LM
+  loss for ReFT-r1 and SSV, the BCE for the probe; the swept penalty left out): chosen on training data only.
+
+  The dictionary's hyperparameters name each concept's point ("sweep_selected"); its record holds each
+  concept's rows of its chosen point, with a `grid_point` column.
+  """
+  first = results[0]
+  term = next(k for k in ("lm", "bce", "loss") if k in first.record)
+  ids = list(first.dictionary.concept_ids)
+  last = lambda r: r.record[r.record["epoch"] == r.record["epoch"].max()].groupby("concept_id")[term].mean()
+  chosen = np.stack([last(r).reindex(ids).to_numpy() for r in results]).argmin(axis=0)
+  pick = lambda arrays: None if arrays[0] is None else np.array([arrays[g][c] for c, g in enumerate(chosen)])
+  swept = {k for r in results for k in r.dictionary.hyperparameters if k in SWEEPABLE}
+  hp = {**first.dictionary.hyperparameters, **{k: "swept" for k in swept},
+        "sweep_selected": [labels[g] for g in chosen]}
+  frame = pd.concat([results[g].record[results[g].record["concept_id"] == cid].assign(grid_point=labels[g])
+                     for cid, g in zip(ids, chosen)], ignore_index=True)
+  dictionary = first.dictionary.replace(weights=pick([r.dictionary.weights for r in results]), hyperparameters=hp)
+  return FitResult(dictionary, frame, pick([r.dead for r in results]), pick([r.remedied for r in results]))

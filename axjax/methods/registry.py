@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 from axjax.errors import AxjaxError
@@ -67,16 +68,37 @@ def hyperparameters(spec: MethodSpec, config: GemmaConfig, overrides: dict[str, 
   return values
 
 
+def _entry(item: str, flag: str, methods: list[str]) -> tuple[str, str, str]:
+  """(method, key, value) of a flag entry 'Method.key=value' naming one of `methods`."""
+  name, _, value = item.partition("=")
+  meth, _, key = name.rpartition(".")
+  if not value or not meth or not key:
+    raise AxjaxError(f"{flag} entry {item!r} is not of the form Method.name=value")
+  spec = method(meth)
+  if spec.name not in methods:
+    raise AxjaxError(f"{flag} names {spec.name}, which is not among --methods")
+  return spec.name, key, value
+
+
 def parse_overrides(items: list[str], methods: list[str]) -> dict[str, dict[str, str]]:
   """{'ReFT-r1': {'n_epochs': '1'}} from flag entries ['ReFT-r1.n_epochs=1'], for methods among `methods`."""
   out: dict[str, dict[str, str]] = {}
   for item in items:
-    name, _, value = item.partition("=")
-    meth, _, key = name.rpartition(".")
-    if not value or not meth or not key:
-      raise AxjaxError(f"--hparams entry {item!r} is not of the form Method.name=value")
-    spec = method(meth)
-    if spec.name not in methods:
-      raise AxjaxError(f"--hparams names {spec.name}, which is not among --methods")
-    out.setdefault(spec.name, {})[key] = value
+    name, key, value = _entry(item, "--hparams", methods)
+    out.setdefault(name, {})[key] = value
   return out
+
+
+def parse_sweeps(items: list[str], methods: list[str]) -> dict[str, list[dict[str, str]]]:
+  """{'ReFT-r1': [{'lr': '0.005'}, {'lr': '0.01'}]} from ['ReFT-r1.lr=0.005,0.01']: per method, every
+  combination of the values given for its parameters."""
+  axes: dict[str, dict[str, list[str]]] = {}
+  for item in items:
+    name, key, values = _entry(item, "--sweep", methods)
+    axes.setdefault(name, {})[key] = values.split(",")
+  return {name: [dict(zip(a, combo)) for combo in itertools.product(*a.values())] for name, a in axes.items()}
+
+
+def grid_label(name: str, point: dict[str, Any]) -> str:
+  """The name a sweep's grid point is reported under, e.g. 'ReFT-r1@lr=0.005'."""
+  return name + "@" + ",".join(f"{k}={v}" for k, v in point.items())
