@@ -342,11 +342,11 @@ def activation_pass(params, config: GemmaConfig, tokens: np.ndarray, mask: np.nd
   layers = range(layer + 1)
   useful = layers_flops(config, layers, lengths)
   executed: dict[str, float] = {"matmul": 0.0, "attention": 0.0}
-  no_copies = exact = 0.0  # the same batches without the last batch's copies; and each only max length + 1 wide
-  for i, (rows, w) in enumerate(batches):
+  no_copies = exact = 0.0  # the same batches without the partial batch's copies; and each only max length + 1 wide
+  for rows, w in batches:
     part = layers_flops(config, layers, lengths[rows], width=w)
     executed = {k: executed[k] + part[k] for k in executed}
-    real = rows[:min(batch_size, len(tokens) - i * batch_size)]
+    real = np.unique(rows)  # a batch's rows are distinct but for the partial batch's filler copies
     no_copies += _total(layers_flops(config, layers, lengths[real], width=w))
     tight = min(tokens.shape[1], int(lengths[real].max()) + 1)
     exact += _total(layers_flops(config, layers, lengths[real], width=tight))
@@ -359,7 +359,7 @@ def activation_pass(params, config: GemmaConfig, tokens: np.ndarray, mask: np.nd
       "useful_flops": {**useful, "total": _total(useful)},
       "executed_flops_analytic": {**executed, "total": _total(executed)},
       "executed_over_useful_analytic": {"as_run": _total(executed) / _total(useful),
-                                        "without_last_batch_copies": no_copies / _total(useful),
+                                        "without_filler_copies": no_copies / _total(useful),
                                         "and_exact_widths": exact / _total(useful)},
   }
   if profile is not None:
@@ -730,6 +730,14 @@ def _shares(profile: dict[str, Any]) -> str:
           + f", idle/host {profile['share_idle']:.0%}")
 
 
+def _profile_lines(profile: dict[str, Any], what: str, matmuls: list[tuple[str, str]]) -> list[str]:
+  """A profiled workload's time shares, then the GFLOP/s inside its kinds of matmul ((label, key) pairs)."""
+  lines = [f"  time ({what}): " + _shares(profile)]
+  if matmuls[0][1] in profile:
+    lines.append("  " + ", ".join(f"inside {label} {profile[key]:.0f} GFLOP/s" for label, key in matmuls))
+  return lines
+
+
 def format_table(r: dict[str, Any]) -> str:
   """The run as plain text: one line per workload, ratios to the interleaved peak first, then the diagnosis."""
   lines = [f"gflops: achieved GFLOP/s (useful FLOPs / median wall time) against the float32 matmul peak measured "
@@ -755,15 +763,13 @@ def format_table(r: dict[str, Any]) -> str:
   lines += ["  ".join(cell.ljust(w) for cell, w in zip(x, widths)) for x in rows]
   pad = a["executed_over_useful_analytic"]
   lines.append(f"activation pass: executed/useful {pad['as_run']:.2f} analytic (real tokens {a['real_tokens']}, padded "
-               f"{a['padded_tokens']}; {pad['without_last_batch_copies']:.2f} without the last batch's copies, "
+               f"{a['padded_tokens']}; {pad['without_filler_copies']:.2f} without the partial batch's filler copies, "
                f"{pad['and_exact_widths']:.2f} also with widths not rounded up to {a['width_multiple']}); attention "
                f"{a['useful_flops']['attention'] / a['useful_flops']['total']:.0%} of the useful FLOPs")
   if "profile" in a:
-    p = a["profile"]
-    lines.append("  time (one batch per width, profiled): " + _shares(p))
-    if "gflops_in_matmuls" in p:
-      lines.append(f"  inside the layers' projection matmuls {p['gflops_in_matmuls']:.0f} GFLOP/s, inside attention "
-                   f"matmuls {p['gflops_in_attention_matmuls']:.0f} GFLOP/s")
+    lines += _profile_lines(a["profile"], "one batch per width, profiled",
+                            [("the layers' projection matmuls", "gflops_in_matmuls"),
+                             ("attention matmuls", "gflops_in_attention_matmuls")])
   for t in r["train"]:
     u = t["useful_flops"]
     row_positions = t["concepts"] * t["batch_per_concept"] * t["length"]
@@ -774,11 +780,9 @@ def format_table(r: dict[str, Any]) -> str:
                  f"positions are real output tokens, {t['real_tokens_per_step'] / row_positions:.0%} of the upper "
                  "layers' row positions are real tokens")
     if "profile" in t:
-      p = t["profile"]
-      lines.append("  time (one step, profiled; 'other loop' = the output layer's vocabulary scan): " + _shares(p))
-      if "gflops_in_layer_matmuls" in p:
-        lines.append(f"  inside the upper layers' matmuls {p['gflops_in_layer_matmuls']:.0f} GFLOP/s, inside the "
-                     f"output layer's matmuls {p['gflops_in_output_layer_matmuls']:.0f} GFLOP/s")
+      lines += _profile_lines(t["profile"], "one step, profiled; 'other loop' = the output layer's vocabulary scan",
+                              [("the upper layers' matmuls", "gflops_in_layer_matmuls"),
+                               ("the output layer's matmuls", "gflops_in_output_layer_matmuls")])
   lines.append(f"steered decoding: per step {d['step_bytes']['total'] / 1e9:.2f} GB (weights "
                f"{d['step_bytes']['weights'] / 1e9:.2f}, KV cache {d['step_bytes']['kv_cache'] / 1e9:.2f}, logits "
                f"{d['step_bytes']['logits'] / 1e9:.2f}) and {d['flops']['executed_per_step'] / 1e9:.1f} GFLOP = "
