@@ -68,10 +68,15 @@ def place_frozen(params: Any, mesh: Mesh) -> Any:
       lambda path, leaf: jax.device_put(leaf, NamedSharding(mesh, _frozen_spec(path, leaf, model_size))), params)
 
 
+def concept_multiple(mesh: Mesh, count: int) -> int:
+  """`count` rounded up to a multiple of the mesh's concept axis (concepts or batch rows split evenly)."""
+  n = mesh.shape[CONCEPTS]
+  return -(-count // n) * n
+
+
 def batch_placement(mesh: Mesh | None, batch_size: int):
   """(batch size rounded up to a multiple of the mesh's concept axis, a function placing host arrays [B, ...]
   with their rows split over that axis); without a mesh, the batch size and plain device arrays."""
   if mesh is None:
     return batch_size, lambda *arrays: tuple(jax.numpy.asarray(a) for a in arrays)
-  n = mesh.shape[CONCEPTS]
-  return -(-batch_size // n) * n, lambda *arrays: tuple(jax.device_put(arrays, split_concepts(mesh)))
+  return concept_multiple(mesh, batch_size), lambda *arrays: tuple(jax.device_put(arrays, split_concepts(mesh)))

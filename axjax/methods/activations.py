@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Iterator, Sequence
+
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from axjax import sharding
@@ -36,6 +37,20 @@ def activation_batches(lengths: np.ndarray, t: int, batch_size: int,
   return out
 
 
+def placed_batches(arrays: Sequence[np.ndarray], mask: np.ndarray, batch_size: int, width_multiple: int,
+                   mesh: jax.sharding.Mesh | None, progress=None) -> Iterator[tuple[np.ndarray, tuple]]:
+  """For every batch of `activation_batches` (rows of mask [N, T]): its rows and `arrays` [N, T] cut to those
+  rows and the batch's width, on the device (with a mesh: the batch rounded up to a multiple of its concept
+  axis and split over it). `progress`, if given, gets the number of distinct rows done after each batch."""
+  batch_size, put = sharding.batch_placement(mesh, batch_size)
+  done = 0
+  for rows, width in activation_batches(mask.sum(axis=1), mask.shape[1], batch_size, width_multiple):
+    yield rows, put(*(a[rows, :width] for a in arrays))
+    done += len(np.unique(rows))
+    if progress is not None:
+      progress(done)
+
+
 def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, layer: int,
                       batch_size: int = 16, width_multiple: int = 64, progress=None,
                       mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
@@ -50,14 +65,8 @@ def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.
   config.check_layer(layer)
   chex.assert_rank([tokens, mask], 2)
   chex.assert_equal_shape([tokens, mask])
-  n, t = tokens.shape
-  out = np.zeros((n, t, config.hidden_size), params["embed"].dtype)
-  done = 0
-  batch_size, put = sharding.batch_placement(mesh, batch_size)
-  for rows, width in activation_batches(mask.sum(axis=1), t, batch_size, width_multiple):
-    acts = _residual(params, config, *put(tokens[rows, :width], mask[rows, :width]), layer)
-    out[rows, :width] = np.asarray(acts)  # a partial batch's copies write their row's values again
-    done += len(np.unique(rows))
-    if progress is not None:
-      progress(done)
+  out = np.zeros((*tokens.shape, config.hidden_size), params["embed"].dtype)
+  for rows, placed in placed_batches([tokens, mask], mask, batch_size, width_multiple, mesh, progress):
+    acts = np.asarray(_residual(params, config, *placed, layer))
+    out[rows, :acts.shape[1]] = acts  # a partial batch's copies write their row's values again
   return out

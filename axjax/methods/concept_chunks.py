@@ -29,14 +29,15 @@ def activation_bytes(cache: ActivationCache, methods: Sequence[str], concept_ids
   data, tok = cache.data, cache.model.tokenizer
   row_bytes = cache.model.config.hidden_size * np.dtype(cache.model.params["embed"].dtype).itemsize
   sets = {example_set(m) for m in methods} - {None}
-  train = data.train
+  per_concept = [data.training_row_ids(cid, cache.max_examples) for cid in concept_ids]
+  used = np.unique(np.concatenate([rows for rows, _ in per_concept]))  # shared negatives tokenised once
+  frame = data.train.iloc[used]
+  lengths = np.zeros(len(data.train), np.int64)
+  lengths[used] = [len(a) + len(b) for a, b in zip(tok(frame["input"].tolist())["input_ids"],
+                                                   tok(frame["output"].tolist())["input_ids"])]
   out = np.zeros(len(concept_ids), np.int64)
-  for i, cid in enumerate(concept_ids):
-    rows, labels = data.training_row_ids(cid, cache.max_examples)
-    frame = train.iloc[list(rows)]
-    lengths = [len(a) + len(b) for a, b in zip(tok(frame["input"].tolist())["input_ids"],
-                                                tok(frame["output"].tolist())["input_ids"])]
-    width = max(lengths, default=0) + _TEMPLATE_TOKENS
+  for i, (rows, labels) in enumerate(per_concept):
+    width = int(lengths[rows].max(initial=0)) + _TEMPLATE_TOKENS
     count = {"binarized": len(rows), "lm_all": len(rows), "lm_positive": int(np.sum(labels == 1))}
     out[i] = sum(count[s] for s in sets) * width * row_bytes
   return out

@@ -192,15 +192,16 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
     width = batching.packed_width(ex.loss_mask, steps_rows)
     batches = [StepBatch(rows, weight, dict(zip(("loss_index", "loss_valid"), batching.packed_loss_positions(
         ex.loss_mask, rows, weight, width)))) for rows, weight in steps_rows]
-  if len(grid) > 1 or grid[0]:
+  swept = len(grid) > 1 or bool(grid[0])
+  if swept:
     tile = lambda a: np.concatenate([np.asarray(a)] * len(grid))
-    swept = _grid_arrays(grid, hp, len(subset))
-    batches = [StepBatch(tile(b.rows), tile(b.weight), {**{k: tile(v) for k, v in b.extra.items()}, **swept})
+    values = _grid_arrays(grid, hp, len(subset))
+    batches = [StepBatch(tile(b.rows), tile(b.weight), {**{k: tile(v) for k, v in b.extra.items()}, **values})
                for b in batches]
     init = tile(init)
   checkpoint = None
   if checkpoint_dir is not None:
-    settings = {**hp, "seed": seed, "concept_ids": concept_ids.tolist(), **({"grid": list(grid)} if grid[0] else {})}
+    settings = {**hp, "seed": seed, "concept_ids": concept_ids.tolist(), **({"grid": list(grid)} if swept else {})}
     checkpoint = EpochCheckpoint(checkpoint_dir, per_epoch, json.loads(json.dumps(settings)))
   report = None if progress is None else (lambda step, _: progress(f"train {spec.name}", step + 1, steps))
   trained, record = train_jointly(cfg, loss, {"w": jnp.asarray(init, jnp.float32)},
@@ -299,8 +300,8 @@ def fit_sweep(name: str, cache: ActivationCache, grid: Sequence[dict[str, Any]],
   hp = hyperparameters(spec, cache.model.config, overrides)
   points = sweep_points(spec, hp, grid)
   weights, record, per_epoch = _train(spec, hp, cache, seed, progress, checkpoint_dir, grid=points)
-  c = len(_concepts(cache))
   ids = np.array([concept.concept_id for concept in _concepts(cache)])
+  c = len(ids)
   out = []
   for g, point in enumerate(points):
     part = {k: v[:, g * c:(g + 1) * c] for k, v in record.items()}
@@ -325,7 +326,7 @@ def best_of_sweep(results: Sequence[FitResult], labels: Sequence[str]) -> FitRes
   last = lambda r: r.record[r.record["epoch"] == r.record["epoch"].max()].groupby("concept_id")[term].mean()
   chosen = np.stack([last(r).reindex(ids).to_numpy() for r in results]).argmin(axis=0)
   pick = lambda arrays: None if arrays[0] is None else np.array([arrays[g][c] for c, g in enumerate(chosen)])
-  swept = {k for r in results for k in r.dictionary.hyperparameters if k in SWEEPABLE}
+  swept = {k for k in SWEEPABLE if len({r.dictionary.hyperparameters.get(k) for r in results}) > 1}
   hp = {**first.dictionary.hyperparameters, **{k: "swept" for k in swept},
         "sweep_selected": [labels[g] for g in chosen]}
   frame = pd.concat([results[g].record[results[g].record["concept_id"] == cid].assign(grid_point=labels[g])

@@ -164,7 +164,7 @@ def train_jointly(cfg: OptimConfig, loss_fn: LossFn | Sequence[LossFn], params: 
   mesh = mesh or sharding.make_mesh()
   state = jax.tree.map(np.asarray, (params, init_state(cfg, params)))
   concepts = len(jax.tree.leaves(params)[0])
-  size = -(-concepts // mesh.shape[sharding.CONCEPTS]) * mesh.shape[sharding.CONCEPTS]
+  size = sharding.concept_multiple(mesh, concepts)
   record: dict[str, list[np.ndarray]] = {}
   start = 0
   if checkpoint is not None and (saved := checkpoint.restore(state)) is not None:

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axjax import sharding
-from axjax.methods.activations import activation_batches, residual_stream
+from axjax.methods.activations import placed_batches, residual_stream
 from axjax.model.config import GemmaConfig
 
 
@@ -50,12 +49,6 @@ def example_max_scores(params, config: GemmaConfig, tokens: np.ndarray, mask: np
   w, b = jnp.asarray(weights, jnp.float32), jnp.asarray(biases, jnp.float32)
   r = jnp.asarray(relu, bool)
   out = np.empty((tokens.shape[0], w.shape[0]), np.float32)
-  done = 0
-  batch_size, put = sharding.batch_placement(mesh, batch_size)
-  for rows, width in activation_batches(mask.sum(axis=1), tokens.shape[1], batch_size, width_multiple):
-    out[rows] = np.asarray(_batch_max_scores(params, config, *put(tokens[rows, :width], mask[rows, :width],
-                                                                  score_mask[rows, :width]), layer, w, b, r))
-    done += len(np.unique(rows))
-    if progress is not None:
-      progress(done)
+  for rows, placed in placed_batches([tokens, mask, score_mask], mask, batch_size, width_multiple, mesh, progress):
+    out[rows] = np.asarray(_batch_max_scores(params, config, *placed, layer, w, b, r))
   return out
