@@ -45,9 +45,13 @@ def new_cache(model, data):
 def test_activation_estimate_bounds_what_a_chunk_holds(model, data):
   ids = [c.concept_id for c in data.concepts]
   cache = new_cache(model, data)
-  estimate = concept_chunks.activation_bytes(cache, ["DiffMean", "ReFT-r1", "SSV"], ids)
+  estimate = concept_chunks.activation_bytes(cache, ["LinearProbe", "ReFT-r1", "SSV"], ids)
   held = sum(cache.examples(kind)[1].nbytes for kind in ("binarized", "lm_all", "lm_positive"))
   assert held <= estimate.sum() <= 3 * held  # an upper bound, and not a wild one
+  # DiffMean keeps no activations, only its moments: counts, sums and a d x d scatter per concept in float64.
+  d = model.config.hidden_size
+  streamed = concept_chunks.activation_bytes(cache, ["DiffMean", "LinearProbe", "ReFT-r1", "SSV"], ids)
+  np.testing.assert_array_equal(streamed - estimate, 8 * (2 + 2 * d + d * d))
 
 
 def run(model, data, out, **chunking):

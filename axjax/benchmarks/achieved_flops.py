@@ -290,7 +290,7 @@ def activation_xla_flops(params, config: GemmaConfig, layer: int, batch_size: in
 
 
 def activation_pass(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, layer: int, *,
-                    batch_size: int = 16, width_multiple: int = 64, repeats: int = 1, xla_cost: bool = True,
+                    batch_size: int = 16, width_multiple: int = 8, repeats: int = 1, xla_cost: bool = True,
                     profile_ops: bool = True, log: Log = lambda _: None) -> dict[str, Any]:
   """Times `layer_activations` over every row (after compiling each batch shape) and counts its FLOPs. With
   `profile_ops`, one batch of each width runs again under the profiler first (`profile_split`).
@@ -308,7 +308,7 @@ def activation_pass(params, config: GemmaConfig, tokens: np.ndarray, mask: np.nd
   compile_seconds = time.perf_counter() - start
   profile = None
   if profile_ops:  # the same one batch per width again, under the profiler
-    hlo = [activations._residual.lower(params, config, jnp.zeros((batch_size, w), tokens.dtype),
+    hlo = [activations.residual.lower(params, config, jnp.zeros((batch_size, w), tokens.dtype),
                                        jnp.ones((batch_size, w), mask.dtype), layer).compile().as_text()
            for w in widths]  # the programs just compiled (cached: nothing compiles again)
     first = [next(r for r, width in batches if width == w) for w in widths]
@@ -392,7 +392,8 @@ class ReftSetup:
   examples: dict[str, jax.Array]
   batches: list[StepBatch]
   length: int  # T of the example rows (every row is padded to the example set's width)
-  packed_width: int  # output positions per concept per step reaching the output layer
+  packed_width: int  # packed output positions per concept per step
+  output_rows: int  # the rows pooled across concepts that reach the output layer (UpperModel.output_rows)
   batch_size: int
 
 
@@ -406,9 +407,6 @@ def reft_setup(model_params, config: GemmaConfig, ex, acts: np.ndarray, layer: i
   arrays = {"acts": acts, "mask": ex.attention_mask, "tokens": ex.tokens,
             "position_mask": ex.intervention_mask.astype(np.float32),
             "pad_acts": acts[np.arange(len(acts)), ex.attention_mask.sum(axis=1)]}
-  losses = [objectives.ReftR1Objective(objectives.UpperModel(config, layer, remat=remat), hp["topk"],
-                                       hp["coeff_latent_l1_loss"], pad_in_topk=hp["topk_candidates"] == "axbench")
-            for remat in (False, True)]
   index, row_valid, concept_ids = ex.index[:concepts], ex.row_valid[:concepts], ex.concept_ids[:concepts]
   per_epoch = batching.steps_per_epoch(row_valid, hp["batch_size"])
   cfg = OptimConfig(lr=hp["lr"], total_steps=hp["n_epochs"] * per_epoch, weight_decay=hp["weight_decay"],
@@ -418,6 +416,10 @@ def reft_setup(model_params, config: GemmaConfig, ex, acts: np.ndarray, layer: i
   width = batching.packed_width(ex.loss_mask, steps_rows)
   batches = [StepBatch(rows, weight, dict(zip(("loss_index", "loss_valid"), batching.packed_loss_positions(
       ex.loss_mask, rows, weight, width)))) for rows, weight in steps_rows]
+  pooled = batching.pooled_rows([b.extra["loss_valid"] for b in batches], concepts, 1)
+  losses = [objectives.ReftR1Objective(objectives.UpperModel(config, layer, remat, pooled), hp["topk"],
+                                       hp["coeff_latent_l1_loss"], pad_in_topk=hp["topk_candidates"] == "axbench")
+            for remat in (False, True)]
   params = {"w": jnp.full((concepts, config.hidden_size), 0.01, jnp.float32)}
   opt_state = init_state(cfg, params)
   examples = {k: jnp.asarray(v) for k, v in arrays.items()}
@@ -428,7 +430,7 @@ def reft_setup(model_params, config: GemmaConfig, ex, acts: np.ndarray, layer: i
     if m.temp_size_in_bytes + m.output_size_in_bytes <= budget or loss is losses[-1]:
       break
   return ReftSetup(concepts, cfg, loss, loss.upper.remat, compiled, compiled_cost._memory(compiled), params,
-                   opt_state, examples, batches, ex.tokens.shape[1], width, hp["batch_size"])
+                   opt_state, examples, batches, ex.tokens.shape[1], width, pooled, hp["batch_size"])
 
 
 def _step_args(setup: ReftSetup, batch: StepBatch, step: int):
@@ -437,12 +439,12 @@ def _step_args(setup: ReftSetup, batch: StepBatch, step: int):
 
 
 def reft_step_flops(config: GemmaConfig, layer: int, lengths: np.ndarray, batch: StepBatch, length: int,
-                    remat: bool) -> dict[str, dict[str, float]]:
+                    remat: bool, output_rows: int) -> dict[str, dict[str, float]]:
   """Useful and executed FLOPs of one step. `lengths` [U] real tokens of every example row.
 
   Useful: weighted rows' real tokens through the upper layers forward and input-gradient backward (attention
   backward = 2x its forward), the output layer (2 matmuls of [d] x [d, V] per real output token). Executed: every
-  row of [C, B] at `length` tokens, the forward twice with remat, the output layer at every packed position."""
+  row of [C, B] at `length` tokens, the forward twice with remat, the output layer at `output_rows` pooled rows."""
   upper = range(layer + 1, config.num_layers)
   rows = np.asarray(batch.rows)
   weighted = rows[np.asarray(batch.weight, bool)]
@@ -456,7 +458,7 @@ def reft_step_flops(config: GemmaConfig, layer: int, lengths: np.ndarray, batch:
   useful = train(layers_flops(config, upper, lengths[weighted]), 1)
   useful["output_layer"] = 4.0 * float(np.sum(batch.extra["loss_valid"])) * vocab * d
   executed = train(layers_flops(config, upper, lengths[rows.reshape(-1)], width=length), 2 if remat else 1)
-  executed["output_layer"] = 4.0 * np.asarray(batch.extra["loss_index"]).size * padded_vocab * d
+  executed["output_layer"] = 4.0 * output_rows * padded_vocab * d
   return {"useful": {**useful, "total": _total(useful)}, "executed": {**executed, "total": _total(executed)}}
 
 
@@ -489,6 +491,7 @@ def reft_step(model_params, config: GemmaConfig, ex, acts: np.ndarray, layer: in
   # Step i runs the epoch's batch i (the last one again if the epoch is shorter); step 0 is the warm-up.
   batch_of = lambda i: setup.batches[min(i, len(setup.batches) - 1)]
   log(f"ReFT-r1 step, C={concepts}: remat={setup.remat}, T={setup.length}, packed width {setup.packed_width}, "
+      f"{setup.output_rows} pooled output rows, "
       f"{setup.memory['temp'] / 1e9:.2f} GB temp; compiled in {compile_seconds:.0f}s; 1 warm-up + {steps} steps")
   params, opt_state = setup.params, setup.opt_state
   lengths = ex.attention_mask.sum(axis=1).astype(np.int64)
@@ -510,13 +513,13 @@ def reft_step(model_params, config: GemmaConfig, ex, acts: np.ndarray, layer: in
       continue
     walls.append(wall)
     cpus.append(cpu)
-    flops.append(reft_step_flops(config, layer, lengths, batch, setup.length, setup.remat))
+    flops.append(reft_step_flops(config, layer, lengths, batch, setup.length, setup.remat, setup.output_rows))
     log(f"  step {i}/{steps}: {wall:.1f}s (CPU share {cpu / (wall * cores()):.0%})")
   mean = lambda kind: {k: statistics.mean(f[kind][k] for f in flops) for k in flops[0][kind]}
   useful, executed = mean("useful"), mean("executed")
   out = {
       "concepts": concepts, "layer": layer, "batch_per_concept": setup.batch_size, "remat": setup.remat,
-      "length": setup.length, "packed_width": setup.packed_width, "memory": setup.memory,
+      "length": setup.length, "packed_width": setup.packed_width, "output_rows": setup.output_rows, "memory": setup.memory,
       "compile_seconds": compile_seconds, **_summary(walls, cpus),
       "useful_flops": useful, "executed_flops_analytic": executed,
       "useful_output_tokens_per_step": statistics.mean(float(np.sum(batch_of(i).extra["loss_valid"]))
@@ -525,8 +528,8 @@ def reft_step(model_params, config: GemmaConfig, ex, acts: np.ndarray, layer: in
                                               for b in map(batch_of, range(1, steps + 1))),
   }
   # Cross-check of the executed count with compiled_cost's analytic step (the same formula at integer shapes).
-  shape = compiled_cost.StepShape(config, layer, setup.batch_size, setup.length, setup.packed_width / setup.batch_size,
-                                  model_params["embed"].dtype)
+  shape = compiled_cost.StepShape(config, layer, setup.batch_size, setup.length,
+                                  setup.output_rows / (concepts * setup.batch_size), model_params["embed"].dtype)
   out["executed_flops_compiled_cost_analytic"] = compiled_cost.analytic_flops(shape, concepts, setup.remat)
   if xla_cost:
     start = time.perf_counter()
@@ -540,7 +543,8 @@ def reft_step(model_params, config: GemmaConfig, ex, acts: np.ndarray, layer: in
     profile = profile_split(lambda: jax.block_until_ready(
         setup.compiled(params, opt_state, setup.examples, *args, model_params)), [setup.compiled.as_text()])
     if "seconds" in profile:
-      flops = reft_step_flops(config, layer, lengths, batch, setup.length, setup.remat)["executed"]
+      flops = reft_step_flops(config, layer, lengths, batch, setup.length, setup.remat, setup.output_rows)[
+          "executed"]
       sec = profile["seconds"]
       profile["executed_flops"] = flops
       profile["gflops_in_layer_matmuls"] = flops["layers_matmul"] / max(sec.get("layers: matmuls", 0.0), 1e-9) / 1e9
@@ -764,7 +768,7 @@ def format_table(r: dict[str, Any]) -> str:
   pad = a["executed_over_useful_analytic"]
   lines.append(f"activation pass: executed/useful {pad['as_run']:.2f} analytic (real tokens {a['real_tokens']}, padded "
                f"{a['padded_tokens']}; {pad['without_filler_copies']:.2f} without the partial batch's filler copies, "
-               f"{pad['and_exact_widths']:.2f} also with widths not rounded up to {a['width_multiple']}); attention "
+               f"{pad['and_exact_widths']:.2f} also with exact widths, not bucketed); attention "
                f"{a['useful_flops']['attention'] / a['useful_flops']['total']:.0%} of the useful FLOPs")
   if "profile" in a:
     lines += _profile_lines(a["profile"], "one batch per width, profiled",
@@ -776,8 +780,8 @@ def format_table(r: dict[str, Any]) -> str:
     lines.append(f"ReFT-r1 C={t['concepts']}, T={t['length']}: useful FLOPs {u['output_layer'] / u['total']:.0%} "
                  f"output layer, {(u['layers_matmul'] + u['layers_attention']) / u['total']:.0%} upper layers; "
                  f"executed/useful {t['executed_flops_analytic']['total'] / u['total']:.2f} analytic: "
-                 f"{t['useful_output_tokens_per_step'] / (t['concepts'] * t['packed_width']):.0%} of the packed output "
-                 f"positions are real output tokens, {t['real_tokens_per_step'] / row_positions:.0%} of the upper "
+                 f"{t['useful_output_tokens_per_step'] / t['output_rows']:.0%} of the pooled output "
+                 f"rows are real output tokens, {t['real_tokens_per_step'] / row_positions:.0%} of the upper "
                  "layers' row positions are real tokens")
     if "profile" in t:
       lines += _profile_lines(t["profile"], "one step, profiled; 'other loop' = the output layer's vocabulary scan",

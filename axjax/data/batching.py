@@ -91,3 +91,15 @@ def packed_width(loss_mask: np.ndarray, steps) -> int:
   """The most output tokens any concept has in any step of `steps` ((rows, weight) [C, B] pairs)."""
   counts = loss_mask.sum(axis=1)
   return max(1, max(int((counts[rows] * weight).sum(axis=1).max()) for rows, weight in steps))
+
+
+def pooled_rows(valid_per_step, size: int, groups: int) -> int:
+  """The most real output positions any group of concepts has in any step (objectives.UpperModel pools
+  them): `valid_per_step` holds each step's [C, width] validity, the concepts padded to `size` with filler
+  concepts that have none and split into `groups` equal, consecutive groups."""
+  most = 1
+  for valid in valid_per_step:
+    counts = np.zeros(size)
+    counts[:len(valid)] = np.asarray(valid).sum(axis=1)
+    most = max(most, int(counts.reshape(groups, -1).sum(axis=1).max()))
+  return most

@@ -42,16 +42,20 @@ def diffmean(acts: Array, valid: Array, labels: Array) -> Array:
   return unit_norm(_masked_mean(centred, pos) - _masked_mean(centred, neg))
 
 
-def _first_component(x: Array, weights: Array) -> Array:
-  """First principal component of the weighted rows of x [M, d], signed as scikit-learn's PCA signs it.
+def top_component(scatter: Array) -> Array:
+  """The top eigenvector of a centred scatter matrix [d, d], signed as scikit-learn's PCA signs PC1.
 
   sklearn's `svd_flip` (v-based) makes each component's largest-magnitude entry positive.
   """
-  centred = (x - _masked_mean(x[None], weights[None])[0]) * weights[:, None]
-  scatter = jnp.einsum("md,me->de", centred, centred, precision=jax.lax.Precision.HIGHEST)
   _, vectors = jnp.linalg.eigh(scatter)
   pc = vectors[:, -1]
   return pc * jnp.sign(pc[jnp.argmax(jnp.abs(pc))])
+
+
+def _first_component(x: Array, weights: Array) -> Array:
+  """First principal component of the weighted rows of x [M, d] (`top_component` of their scatter)."""
+  centred = (x - _masked_mean(x[None], weights[None])[0]) * weights[:, None]
+  return top_component(jnp.einsum("md,me->de", centred, centred, precision=jax.lax.Precision.HIGHEST))
 
 
 @jax.jit

@@ -1,7 +1,7 @@
 """Concept chunks that fit a memory budget: the unit in which the detection pipeline holds activations.
 
-A chunk's layer-L activations (every example set its methods train on, in the model's dtype) are what a run
-holds at once on the host; chunks run one after another, so peak memory stays flat as the concept count grows.
+A chunk's layer-L activations (every example set its methods keep, in the model's dtype) and DiffMean/PCA
+moments are what a run holds at once on the host; chunks run one after another, so peak memory stays flat as the concept count grows.
 The estimate is an upper bound per concept: its own rows (shared negatives counted for every concept that
 uses them) at the width of its longest row.
 """
@@ -15,6 +15,7 @@ import numpy as np
 
 from axjax.errors import AxjaxError
 from axjax.methods.fit import ActivationCache, example_set
+from axjax.methods.registry import method
 
 _TEMPLATE_TOKENS = 16  # chat-template tokens around an input and output (Gemma's take 9), plus the pad
 
@@ -25,7 +26,8 @@ def host_memory_budget() -> int:
 
 
 def activation_bytes(cache: ActivationCache, methods: Sequence[str], concept_ids: Sequence[int]) -> np.ndarray:
-  """[C] upper bound on the bytes of layer-L activations each concept adds to a chunk training `methods`."""
+  """[C] upper bound on the bytes of layer-L activations (and DiffMean/PCA moments) each concept adds to a
+  chunk training `methods`."""
   data, tok = cache.data, cache.model.tokenizer
   row_bytes = cache.model.config.hidden_size * np.dtype(cache.model.params["embed"].dtype).itemsize
   sets = {example_set(m) for m in methods} - {None}
@@ -35,11 +37,14 @@ def activation_bytes(cache: ActivationCache, methods: Sequence[str], concept_ids
   lengths = np.zeros(len(data.train), np.int64)
   lengths[used] = [len(a) + len(b) for a, b in zip(tok(frame["input"].tolist())["input_ids"],
                                                    tok(frame["output"].tolist())["input_ids"])]
-  out = np.zeros(len(concept_ids), np.int64)
+  d = cache.model.config.hidden_size
+  # DiffMean's and PCA's float64 moments (token_moments): counts, sums and the positives' scatter.
+  moments = 8 * (2 + 2 * d + d * d) if {"DiffMean", "PCA"} & {method(m).name for m in methods} else 0
+  out = np.full(len(concept_ids), moments, np.int64)
   for i, (rows, labels) in enumerate(per_concept):
     width = int(lengths[rows].max(initial=0)) + _TEMPLATE_TOKENS
     count = {"binarized": len(rows), "lm_all": len(rows), "lm_positive": int(np.sum(labels == 1))}
-    out[i] = sum(count[s] for s in sets) * width * row_bytes
+    out[i] += sum(count[s] for s in sets) * width * row_bytes
   return out
 
 

@@ -20,7 +20,7 @@ from axjax.dictionary import Dictionary, load_dictionary, save_dictionary
 from axjax.errors import AxjaxError
 from axjax.methods import concept_chunks
 from axjax.methods.detection import evaluate_detection
-from axjax.methods.fit import ActivationCache, FitResult, best_of_sweep, fit_method, fit_sweep
+from axjax.methods.fit import ActivationCache, FitResult, best_of_sweep, example_set, fit_method, fit_sweep
 from axjax.methods.registry import grid_label
 
 
@@ -203,6 +203,8 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
       part_cache = cache if len(chunks) == 1 else ActivationCache(
           cache.model, cache.data, layer, cache.progress, concept_ids=chunk, max_examples=cache.max_examples,
           mesh=cache.mesh)
+      if "binarized" in {example_set(n) for n in todo}:
+        part_cache.examples("binarized")  # DiffMean/PCA then take their moments from these: one pass, not two
       for name in todo:
         _train_part(part, name, part_cache, overrides=overrides, seed=seed, dead_latent_remedy=dead_latent_remedy,
                     grid=sweeps.get(name), log=log)

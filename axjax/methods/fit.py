@@ -23,14 +23,19 @@ from axjax.data.axbench_format import AxbenchData
 from axjax.dictionary import Dictionary
 from axjax.errors import AxjaxError
 from axjax.loading.load import LoadedModel
-from axjax.methods import closed_form, objectives
+from axjax.methods import activations, closed_form, objectives, token_moments
 from axjax.methods.activations import layer_activations
 from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly
 from axjax.methods.training_checkpoint import EpochCheckpoint
 from axjax.methods.registry import MethodSpec, hyperparameters, method
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-_CONCEPT_CHUNK = 4  # concepts whose gathered token activations are held at once by closed-form methods
+_CONCEPT_CHUNK = 4  # concepts whose gathered token activations LAT holds at once
+_MOMENT_ROWS = 16  # example rows per batch of the moments pass
+# The ReFT-r1/SSV step's (remat, vocabulary chunk), fastest first: train_jointly takes the first whose compiled
+# step fits the memory budget. Keeping the upper layers' activations for the backward pass saves a forward;
+# recomputing them, then smaller [rows, chunk] logits of the output layer, save memory.
+_MEMORY_LADDER = ((False, 16_384), (True, 16_384), (True, 4_096), (True, 1_024))
 DEAD_LATENT_REMEDIES = ("none", "diffmean")
 
 
@@ -55,34 +60,61 @@ class ActivationCache:
     """The frozen model's weights placed on the mesh (split over its model axis), once."""
     return sharding.place_frozen(self.model.params, self.mesh)
 
-  def examples(self, kind: str):
+  def tokenised(self, kind: str):
     """'binarized', 'lm_all' (positives and negatives) or 'lm_positive' examples, tokenised once."""
-    if kind not in self._sets:
+    key = ("tokens", kind)
+    if key not in self._sets:
       tok = self.model.tokenizer
       subset = dict(concept_ids=self.concept_ids, max_examples=self.max_examples)
-      build = {
+      self._sets[key] = {
           "binarized": lambda: data_examples.binarized_examples(self.data, tok, **subset),
           "lm_all": lambda: data_examples.lm_examples(self.data, tok, train_on_negative=True, positions="all",
                                                       **subset),
           "lm_positive": lambda: data_examples.lm_examples(self.data, tok, positions="all", **subset),
-      }[kind]
-      ex = build()
-      report = None
-      if self.progress is not None:
-        report = functools.partial(self.progress, f"activations ({kind})", total=len(ex.tokens))
+      }[kind]()
+    return self._sets[key]
+
+  def _report(self, kind: str, total: int):
+    return None if self.progress is None else functools.partial(self.progress, f"activations ({kind})",
+                                                                total=total)
+
+  def examples(self, kind: str):
+    """The `tokenised(kind)` examples and their layer-L activations [U, T, d], computed once."""
+    if kind not in self._sets:
+      ex = self.tokenised(kind)
       acts = layer_activations(self.placed_params, self.model.config, ex.tokens, ex.attention_mask, self.layer,
-                               progress=report, mesh=self.mesh)
+                               progress=self._report(kind, len(ex.tokens)), mesh=self.mesh)
       self._sets[kind] = (ex, acts)
     return self._sets[kind]
 
+  def moments(self) -> token_moments.TokenMoments:
+    """DiffMean's and PCA's statistics of the binarized examples, computed once: from the cached activations
+    if another method needed them, else in an activation pass that keeps none."""
+    if "moments" not in self._sets:
+      ex = self.tokenised("binarized")
+      if "binarized" in self._sets:
+        acts = self._sets["binarized"][1]
+        batches = ((rows, acts[rows], ex.score_mask[rows]) for rows in np.array_split(
+            np.arange(len(acts)), max(1, len(acts) // _MOMENT_ROWS)))
+      else:
+        batches = ((rows, activations.residual(self.placed_params, self.model.config, tokens, mask, self.layer),
+                    score) for rows, (tokens, mask, score) in activations.placed_batches(
+                        [ex.tokens, ex.attention_mask, ex.score_mask], ex.attention_mask, _MOMENT_ROWS, 8,
+                        self.mesh, self._report("binarized", len(ex.tokens))))
+      self._sets["moments"] = token_moments.accumulate(batches, token_moments.membership(ex, len(ex.tokens)),
+                                                       self.model.config.hidden_size, with_scatter=True)
+    return self._sets["moments"]
+
 
 def example_set(name: str) -> str | None:
-  """The example set (an `ActivationCache.examples` kind) method `name` trains on; None: it needs none."""
-  return {"Random": None, "ReFT-r1": "lm_all", "SSV": "lm_positive"}.get(method(name).name, "binarized")
+  """The example set (an `ActivationCache.examples` kind) whose activations method `name` keeps; None: none
+  (Random needs no examples, DiffMean and PCA stream `ActivationCache.moments`)."""
+  return {"Random": None, "DiffMean": None, "PCA": None, "ReFT-r1": "lm_all", "SSV": "lm_positive"}.get(
+      method(name).name, "binarized")
 
 
-def _closed_form(name: str, ex, acts: np.ndarray, seed: int) -> np.ndarray:
-  """DiffMean/PCA/LAT directions [C, d], a few concepts at a time to bound memory."""
+def _lat(ex, acts: np.ndarray, seed: int) -> np.ndarray:
+  """LAT directions [C, d], a few concepts at a time to bound memory."""
   out = []
   for start in range(0, len(ex.concept_ids), _CONCEPT_CHUNK):
     index = ex.index[start:start + _CONCEPT_CHUNK]
@@ -90,10 +122,7 @@ def _closed_form(name: str, ex, acts: np.ndarray, seed: int) -> np.ndarray:
     a = acts[index].reshape(c, -1, acts.shape[-1]).astype(np.float32)
     valid = (ex.score_mask[index] & ex.row_valid[start:start + c, :, None]).reshape(c, -1)
     labels = np.broadcast_to(ex.labels[start:start + c, :, None], (c, n, acts.shape[1])).reshape(c, -1)
-    if name == "LAT":
-      out.append(closed_form.lat(a, valid, labels, closed_form.concept_keys(seed, ex.concept_ids[start:start + c])))
-    else:
-      out.append({"DiffMean": closed_form.diffmean, "PCA": closed_form.pca}[name](a, valid, labels))
+    out.append(closed_form.lat(a, valid, labels, closed_form.concept_keys(seed, ex.concept_ids[start:start + c])))
   return np.concatenate([np.asarray(w) for w in out])
 
 
@@ -163,15 +192,13 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
     ex, acts = cache.examples(example_set(spec.name))
     arrays = {"acts": acts, "mask": ex.attention_mask, "tokens": ex.tokens,
               "position_mask": ex.intervention_mask.astype(np.float32)}
-    # Fastest first: keep the upper layers' activations for the backward pass if memory allows, else recompute.
-    uppers = [objectives.UpperModel(config, cache.layer, remat=remat) for remat in (False, True)]
     if spec.name == "ReFT-r1":
       arrays["pad_acts"] = acts[np.arange(len(acts)), ex.attention_mask.sum(axis=1)]  # each row's first pad
-      loss = [objectives.ReftR1Objective(upper, hp["topk"], hp["coeff_latent_l1_loss"],
-                                         pad_in_topk=hp["topk_candidates"] == "axbench") for upper in uppers]
+      loss = functools.partial(objectives.ReftR1Objective, topk=hp["topk"], coeff_l1=hp["coeff_latent_l1_loss"],
+                               pad_in_topk=hp["topk_candidates"] == "axbench")
       optim = dict(clip_norm=1.0, unit_norm_key="w")
     else:
-      loss = [objectives.SsvObjective(upper) for upper in uppers]
+      loss = objectives.SsvObjective
       optim = {}
   subset = np.arange(len(ex.concept_ids)) if subset is None else subset
   concept_ids, row_valid = ex.concept_ids[subset], ex.row_valid[subset]
@@ -199,6 +226,13 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
     batches = [StepBatch(tile(b.rows), tile(b.weight), {**{k: tile(v) for k, v in b.extra.items()}, **values})
                for b in batches]
     init = tile(init)
+  mesh = cache.mesh or sharding.make_mesh()
+  if spec.name != "LinearProbe":
+    groups = mesh.shape[sharding.CONCEPTS]
+    pooled = batching.pooled_rows([b.extra["loss_valid"] for b in batches],
+                                  sharding.concept_multiple(mesh, len(batches[0].rows)), groups)
+    loss = [loss(objectives.UpperModel(config, cache.layer, remat, pooled, groups, chunk))
+            for remat, chunk in _MEMORY_LADDER]
   checkpoint = None
   if checkpoint_dir is not None:
     settings = {**hp, "seed": seed, "concept_ids": concept_ids.tolist(), **({"grid": list(grid)} if swept else {})}
@@ -206,8 +240,7 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
   report = None if progress is None else (lambda step, _: progress(f"train {spec.name}", step + 1, steps))
   trained, record = train_jointly(cfg, loss, {"w": jnp.asarray(init, jnp.float32)},
                                   {k: jnp.asarray(v) for k, v in arrays.items()}, batches,
-                                  frozen=cache.placed_params, progress=report, checkpoint=checkpoint,
-                                  mesh=cache.mesh)
+                                  frozen=cache.placed_params, progress=report, checkpoint=checkpoint, mesh=mesh)
   return np.array(trained["w"]), record, per_epoch
 
 
@@ -243,17 +276,18 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
       remedied = np.zeros_like(dead)
       if dead_latent_remedy == "diffmean" and dead.any():
         subset = np.flatnonzero(dead)
-        ex, acts = cache.examples("binarized")
-        start = _closed_form("DiffMean", ex, acts, seed)[subset]
+        ex = cache.tokenised(example_set(spec.name))
+        start = token_moments.diffmean(cache.moments())[subset]
         retrained, record2, _ = _train(spec, hp, cache, seed, progress, part("remedy"), subset, start)
         weights[subset] = retrained
         frame = pd.concat([frame[~frame["concept_id"].isin(ex.concept_ids[subset])],
                            _record_frame(record2, ex.concept_ids[subset], per_epoch).assign(remedy="diffmean")])
         remedied[subset] = True
         dead[subset] = _dead_latents(record2, per_epoch)
+  elif spec.name == "LAT":
+    weights = _lat(*cache.examples("binarized"), seed)
   else:
-    ex, acts = cache.examples("binarized")
-    weights = _closed_form(spec.name, ex, acts, seed)
+    weights = {"DiffMean": token_moments.diffmean, "PCA": token_moments.pca}[spec.name](cache.moments())
   hp = {**hp, "seed": seed, **({"dead_latent_remedy": dead_latent_remedy} if dead is not None else {})}
   return FitResult(_dictionary(spec.name, cache, weights, biases, hp), frame, dead, remedied)
 

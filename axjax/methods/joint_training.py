@@ -23,7 +23,8 @@ from axjax.methods.training_checkpoint import EpochCheckpoint
 
 PyTree = Any
 # loss(params of one concept, its batch [B, ...], progress in [0, 1), frozen model params)
-#   -> (scalar loss, {name: scalar} parts recorded per step)
+#   -> (scalar loss, {name: scalar} parts recorded per step). It may also have a `joint` method taking params
+#   and batch with a leading concept axis and returning (losses [C], {name: [C]}): the step then uses that.
 LossFn = Callable[[PyTree, dict[str, jax.Array], jax.Array, PyTree], tuple[jax.Array, dict[str, jax.Array]]]
 _EPS = float(jnp.finfo(jnp.float32).eps)  # AxBench's set_decoder_norm_to_unit_norm: w / (|w| + eps)
 
@@ -49,9 +50,23 @@ def init_state(cfg: OptimConfig, params: PyTree) -> PyTree:
   return jax.vmap(_optimizer(cfg).init)(params)
 
 
-def _concept_update(cfg: OptimConfig, loss_fn: LossFn, frozen, params, opt_state, batch, progress):
+def _joint_grads(loss_fn: LossFn, params, batch, progress, frozen):
+  """Every concept's loss parts and gradient. An objective with a `joint` form (losses [C] from params and
+  batch [C, ...], e.g. pooling output rows across concepts) is differentiated as one sum, which gives each
+  concept the gradient of its own loss; any other is vmapped."""
+  losses = getattr(loss_fn, "joint", None) or jax.vmap(loss_fn, in_axes=(0, 0, None, None))
+
+  def total(params):
+    loss, parts = losses(params, batch, progress, frozen)
+    return jnp.sum(loss), {"loss": loss, **parts}
+
+  (_, values), grads = jax.value_and_grad(total, has_aux=True)(params)
+  return values, grads
+
+
+def _concept_update(cfg: OptimConfig, params, opt_state, grads, batch):
+  """One concept's optimizer step from its gradient (clipped, projected, scaled as AxBench does)."""
   original = params
-  (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, progress, frozen)
   if cfg.clip_norm is not None:
     norm = optax.tree.norm(grads)
     grads = jax.tree.map(lambda g: g * jnp.minimum(1.0, cfg.clip_norm / (norm + 1e-6)), grads)
@@ -68,7 +83,7 @@ def _concept_update(cfg: OptimConfig, loss_fn: LossFn, frozen, params, opt_state
   # A concept with fewer examples than the others has filler steps (all weights 0): leave it untouched there.
   active = jnp.sum(batch["weight"]) > 0
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
-  return keep(new_params, original), keep(new_state, opt_state), {"loss": loss, **parts}
+  return keep(new_params, original), keep(new_state, opt_state)
 
 
 class StepBatch(NamedTuple):
@@ -92,9 +107,9 @@ def joint_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, i
   chex.assert_equal_shape([indices, weights])
   batch = jax.tree.map(lambda a: a[indices], examples)  # [C, B, ...]
   batch.update(extra, weight=weights)
-  progress = step / max(cfg.total_steps, 1)
-  update = functools.partial(_concept_update, cfg, loss_fn, frozen)
-  return jax.vmap(update, in_axes=(0, 0, 0, None))(params, opt_state, batch, progress)
+  values, grads = _joint_grads(loss_fn, params, batch, step / max(cfg.total_steps, 1), frozen)
+  params, opt_state = jax.vmap(functools.partial(_concept_update, cfg))(params, opt_state, grads, batch)
+  return params, opt_state, values
 
 
 def memory_budget() -> int:

@@ -63,23 +63,54 @@ def axbench_bce(logits: Array, labels: Array) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class UpperModel:
-  """The frozen layers above L and the unembedding, applied to an edited residual stream."""
+  """The frozen layers above L and the unembedding, applied to every concept's edited residual stream.
+
+  Only the packed positions that predict an output token (batching.packed_loss_positions) reach the 262k-way
+  output layer, and they are pooled across the concepts of a group before it: each concept's packed width is
+  the epoch's largest, but a group's total varies far less than one concept's count, so pooling leaves little
+  padding. `groups` is the mesh's concept axis (pooling stays on one device); `output_rows` the most real
+  positions a group has in any step (batching.pooled_rows), None for every packed position.
+  """
 
   config: GemmaConfig
   layer: int
   remat: bool = True  # recompute the upper layers in the backward pass instead of keeping their activations
+  output_rows: int | None = None
+  groups: int = 1
+  vocab_chunk: int = 16_384  # vocabulary entries per step of the output layer's scan: [rows, chunk] logits
 
   def output_nll(self, model_params, h: Array, batch) -> Array:
-    """Mean next-token NLL over output tokens (HF's loss: one mean over all output tokens of the batch)."""
+    """Per concept [C], the mean next-token NLL over its output tokens (HF's loss: one mean over all output
+    tokens of the batch), for edited streams h [C, B, T, d] and the batch's arrays [C, ...]."""
     c = self.config
-    frame = frame_from_mask(batch["mask"])
     upper = layer_slice(model_params, self.layer + 1, c.num_layers)
-    h, _, _ = run_layers(upper, c, h, frame, self.layer + 1, remat=self.remat)
-    # Only the packed positions that predict an output token reach the output layer (batching.packed_loss_positions).
-    index, valid = batch["loss_index"], batch["loss_valid"]
-    rows = h.reshape(-1, c.hidden_size)[index]
-    nll = token_nll(model_params, c, rows, batch["tokens"].reshape(-1)[index + 1])
-    return _weighted_mean(nll, valid)
+    run = lambda h, mask: run_layers(upper, c, h, frame_from_mask(mask), self.layer + 1, remat=self.remat)[0]
+    h = jax.vmap(run)(h, batch["mask"])
+    concepts, width = batch["loss_index"].shape
+    if concepts % self.groups:
+      raise ValueError(f"{concepts} concepts do not split into {self.groups} equal groups")
+    rows_per_concept = h.shape[1] * h.shape[2]
+    # Group-local flat indices: concept k of a group owns rows [k * B * T, (k + 1) * B * T).
+    local = (jnp.arange(concepts) % (concepts // self.groups)) * rows_per_concept
+    index = (batch["loss_index"] + local[:, None]).reshape(self.groups, -1)
+    valid = batch["loss_valid"].reshape(self.groups, -1)
+    pooled = min(self.output_rows or index.shape[1], index.shape[1])
+
+    def group_nll(h, tokens, index, valid):
+      keep = jnp.argsort(valid == 0, stable=True)[:pooled]  # the real positions first, in order
+      nll = token_nll(model_params, c, h[index[keep]], tokens[index[keep] + 1], self.vocab_chunk)
+      return jnp.zeros_like(valid).at[keep].set(nll * valid[keep])
+
+    shape = (self.groups, -1)
+    nll = jax.vmap(group_nll)(h.reshape(*shape, c.hidden_size), batch["tokens"].reshape(shape), index, valid)
+    return jnp.sum(nll.reshape(concepts, width), -1) / jnp.maximum(jnp.sum(batch["loss_valid"], -1), 1.0)
+
+
+def one_concept(joint, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:
+  """A joint objective's (loss, parts) for a single concept's params and batch (no concept axis)."""
+  add_axis = lambda tree: jax.tree.map(lambda a: jnp.asarray(a)[None], tree)
+  loss, parts = joint(add_axis(params), add_axis(batch), progress, model_params)
+  return loss[0], {k: v[0] for k, v in parts.items()}
 
 
 # Each objective is a frozen dataclass: static under jit and hashable by value, so every training run with the
@@ -133,7 +164,8 @@ class ReftR1Objective:
   coeff_l1: float
   pad_in_topk: bool = True
 
-  def __call__(self, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:
+  def _steer(self, params, batch) -> tuple[Array, Array, Array]:
+    """One concept's steered stream [B, T, d], its L1 term and the share of latents that fired."""
     h, where, w = batch["acts"], batch["position_mask"], params["w"]
     latent = jax.nn.relu(_scores(h, w))
     candidates = jnp.where(where > 0, latent, -1.0)  # top-k over intervened positions only
@@ -147,9 +179,16 @@ class ReftR1Objective:
     in_top = jnp.zeros(candidates.shape, jnp.float32).at[rows, top_idx].set(1.0)[:, :h.shape[1]]
     non_top = latent * (1.0 - in_top) * where
     l1 = _weighted_mean(non_top.sum(-1) / (where.sum(-1) + jnp.finfo(jnp.float32).eps), batch["weight"])
+    return steered, l1, _fired(latent, where, batch["weight"])
+
+  def joint(self, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:
+    """Every concept's (loss [C], parts) for params and batch with a leading concept axis."""
+    steered, l1, fired = jax.vmap(self._steer)(params, batch)
     lm = self.upper.output_nll(model_params, steered, batch)
-    fired = _fired(latent, where, batch["weight"])
     return lm + progress * batch.get("coeff_l1", self.coeff_l1) * l1, {"lm": lm, "l1": l1, "fired": fired}
+
+  def __call__(self, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:
+    return one_concept(self.joint, params, batch, progress, model_params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +197,13 @@ class SsvObjective:
 
   upper: UpperModel
 
-  def __call__(self, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:
+  def joint(self, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:
+    """Every concept's (loss [C], parts) for params and batch with a leading concept axis."""
     del progress
-    h, where = batch["acts"], batch["position_mask"]
-    steered = (h.astype(jnp.float32) + where[..., None] * params["w"]).astype(h.dtype)
+    h, where, v = batch["acts"], batch["position_mask"], params["w"]
+    steered = (h.astype(jnp.float32) + where[..., None] * v[:, None, None]).astype(h.dtype)
     lm = self.upper.output_nll(model_params, steered, batch)
-    return lm, {"lm": lm, "fired": _fired(_scores(h, params["w"]), where, batch["weight"])}
+    return lm, {"lm": lm, "fired": jax.vmap(_fired)(jax.vmap(_scores)(h, v), where, batch["weight"])}
+
+  def __call__(self, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:
+    return one_concept(self.joint, params, batch, progress, model_params)
