@@ -137,10 +137,12 @@ def _handler(stub: StubServer) -> type[http.server.BaseHTTPRequestHandler]:
         stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
       try:
         time.sleep(faults.delay_s)
-        self._answer(prompt, failure)
       finally:
+        # Out of flight before the answer is written: once the client has it, it may send its next request
+        # before this thread runs again, which would count one request twice.
         with stub._lock:
           stub.in_flight -= 1
+      self._answer(prompt, failure)
 
     def _answer(self, prompt: str, failure: str | None) -> None:
       if self.path != "/v1/chat/completions":

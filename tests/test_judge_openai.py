@@ -183,7 +183,7 @@ def test_client_errors_are_not_retried(tmp_path):
 
 
 def test_concurrency_never_exceeds_the_pool(tmp_path):
-  with StubServer(Faults(delay_s=0.05)) as server:
+  with StubServer(Faults(delay_s=0.2)) as server:
     rater = judge(server.url, tmp_path, concurrency=4)
     rater.rate(requests(10))
   assert server.max_in_flight == 4
