@@ -57,7 +57,7 @@ def test_streamed_moments_equal_all_tokens_at_once(synthetic):
   order = np.random.default_rng(1).permutation(U)
   batches = [order[:5], order[5:10], np.concatenate([order[10:], order[10:12]])]
   moments = token_moments.accumulate(((rows, acts[rows], ex.score_mask[rows]) for rows in batches),
-                                     token_moments.membership(ex, U), D, with_scatter=True)
+                                     token_moments.membership(ex, U), D)
   diff, pc = reference(ex, acts)
   np.testing.assert_allclose(token_moments.diffmean(moments), diff, atol=2e-5)
   np.testing.assert_allclose(token_moments.pca(moments), pc, atol=2e-4)

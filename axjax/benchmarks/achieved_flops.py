@@ -50,7 +50,7 @@ from axjax.benchmarks import compiled_cost
 from axjax.data import batching
 from axjax.generation.decode import generate_tokens
 from axjax.generation.sampling import SamplingConfig
-from axjax.methods import activations, objectives
+from axjax.methods import activations, fit, objectives
 from axjax.methods.activations import activation_batches, layer_activations
 from axjax.methods.joint_training import OptimConfig, StepBatch, compile_step, init_state, joint_step, memory_budget
 from axjax.methods.registry import hyperparameters, method
@@ -290,8 +290,8 @@ def activation_xla_flops(params, config: GemmaConfig, layer: int, batch_size: in
 
 
 def activation_pass(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, layer: int, *,
-                    batch_size: int = 16, width_multiple: int = 8, repeats: int = 1, xla_cost: bool = True,
-                    profile_ops: bool = True, log: Log = lambda _: None) -> dict[str, Any]:
+                    batch_size: int = 16, width_multiple: int = activations.WIDTH_MULTIPLE, repeats: int = 1,
+                    xla_cost: bool = True, profile_ops: bool = True, log: Log = lambda _: None) -> dict[str, Any]:
   """Times `layer_activations` over every row (after compiling each batch shape) and counts its FLOPs. With
   `profile_ops`, one batch of each width runs again under the profiler first (`profile_split`).
 
@@ -417,9 +417,10 @@ def reft_setup(model_params, config: GemmaConfig, ex, acts: np.ndarray, layer: i
   batches = [StepBatch(rows, weight, dict(zip(("loss_index", "loss_valid"), batching.packed_loss_positions(
       ex.loss_mask, rows, weight, width)))) for rows, weight in steps_rows]
   pooled = batching.pooled_rows([b.extra["loss_valid"] for b in batches], concepts, 1)
-  losses = [objectives.ReftR1Objective(objectives.UpperModel(config, layer, remat, pooled), hp["topk"],
-                                       hp["coeff_latent_l1_loss"], pad_in_topk=hp["topk_candidates"] == "axbench")
-            for remat in (False, True)]
+  losses = [objectives.ReftR1Objective(objectives.UpperModel(config, layer, remat, pooled, vocab_chunk=chunk),
+                                       hp["topk"], hp["coeff_latent_l1_loss"],
+                                       pad_in_topk=hp["topk_candidates"] == "axbench")
+            for remat, chunk in fit.MEMORY_LADDER]
   params = {"w": jnp.full((concepts, config.hidden_size), 0.01, jnp.float32)}
   opt_state = init_state(cfg, params)
   examples = {k: jnp.asarray(v) for k, v in arrays.items()}
@@ -519,7 +520,8 @@ def reft_step(model_params, config: GemmaConfig, ex, acts: np.ndarray, layer: in
   useful, executed = mean("useful"), mean("executed")
   out = {
       "concepts": concepts, "layer": layer, "batch_per_concept": setup.batch_size, "remat": setup.remat,
-      "length": setup.length, "packed_width": setup.packed_width, "output_rows": setup.output_rows, "memory": setup.memory,
+      "length": setup.length, "packed_width": setup.packed_width, "output_rows": setup.output_rows,
+      "memory": setup.memory,
       "compile_seconds": compile_seconds, **_summary(walls, cpus),
       "useful_flops": useful, "executed_flops_analytic": executed,
       "useful_output_tokens_per_step": statistics.mean(float(np.sum(batch_of(i).extra["loss_valid"]))

@@ -21,6 +21,7 @@ def residual_stream(params, config: GemmaConfig, tokens, mask, layer: int):
 
 
 residual = jax.jit(residual_stream, static_argnums=(1, 4))  # compiled once per shape
+WIDTH_MULTIPLE = 8  # batch widths are multiples of at least this (`bucket_width`)
 
 
 def bucket_width(width: int, t: int, multiple: int) -> int:
@@ -60,7 +61,7 @@ def placed_batches(arrays: Sequence[np.ndarray], mask: np.ndarray, batch_size: i
 
 
 def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, layer: int,
-                      batch_size: int = 16, width_multiple: int = 8, progress=None,
+                      batch_size: int = 16, width_multiple: int = WIDTH_MULTIPLE, progress=None,
                       mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
   """Residual stream after `layer` for tokens [N, T] (right-padded; mask [N, T]) as [N, T, d] in the model's
   dtype (bfloat16 halves the host memory; every consumer computes its statistics and scores in float32).

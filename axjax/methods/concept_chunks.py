@@ -1,7 +1,8 @@
 """Concept chunks that fit a memory budget: the unit in which the detection pipeline holds activations.
 
 A chunk's layer-L activations (every example set its methods keep, in the model's dtype) and DiffMean/PCA
-moments are what a run holds at once on the host; chunks run one after another, so peak memory stays flat as the concept count grows.
+moments are what a run holds at once on the host; chunks run one after another, so peak memory stays flat as
+the concept count grows.
 The estimate is an upper bound per concept: its own rows (shared negatives counted for every concept that
 uses them) at the width of its longest row.
 """

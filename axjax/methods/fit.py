@@ -35,7 +35,7 @@ _MOMENT_ROWS = 16  # example rows per batch of the moments pass
 # The ReFT-r1/SSV step's (remat, vocabulary chunk), fastest first: train_jointly takes the first whose compiled
 # step fits the memory budget. Keeping the upper layers' activations for the backward pass saves a forward;
 # recomputing them, then smaller [rows, chunk] logits of the output layer, save memory.
-_MEMORY_LADDER = ((False, 16_384), (True, 16_384), (True, 4_096), (True, 1_024))
+MEMORY_LADDER = ((False, 16_384), (True, 16_384), (True, 4_096), (True, 1_024))
 DEAD_LATENT_REMEDIES = ("none", "diffmean")
 
 
@@ -99,10 +99,10 @@ class ActivationCache:
       else:
         batches = ((rows, activations.residual(self.placed_params, self.model.config, tokens, mask, self.layer),
                     score) for rows, (tokens, mask, score) in activations.placed_batches(
-                        [ex.tokens, ex.attention_mask, ex.score_mask], ex.attention_mask, _MOMENT_ROWS, 8,
-                        self.mesh, self._report("binarized", len(ex.tokens))))
+                        [ex.tokens, ex.attention_mask, ex.score_mask], ex.attention_mask, _MOMENT_ROWS,
+                        activations.WIDTH_MULTIPLE, self.mesh, self._report("binarized", len(ex.tokens))))
       self._sets["moments"] = token_moments.accumulate(batches, token_moments.membership(ex, len(ex.tokens)),
-                                                       self.model.config.hidden_size, with_scatter=True)
+                                                       self.model.config.hidden_size)
     return self._sets["moments"]
 
 
@@ -226,13 +226,12 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
     batches = [StepBatch(tile(b.rows), tile(b.weight), {**{k: tile(v) for k, v in b.extra.items()}, **values})
                for b in batches]
     init = tile(init)
-  mesh = cache.mesh or sharding.make_mesh()
   if spec.name != "LinearProbe":
-    groups = mesh.shape[sharding.CONCEPTS]
+    groups = cache.mesh.shape[sharding.CONCEPTS]
     pooled = batching.pooled_rows([b.extra["loss_valid"] for b in batches],
-                                  sharding.concept_multiple(mesh, len(batches[0].rows)), groups)
+                                  sharding.concept_multiple(cache.mesh, len(batches[0].rows)), groups)
     loss = [loss(objectives.UpperModel(config, cache.layer, remat, pooled, groups, chunk))
-            for remat, chunk in _MEMORY_LADDER]
+            for remat, chunk in MEMORY_LADDER]
   checkpoint = None
   if checkpoint_dir is not None:
     settings = {**hp, "seed": seed, "concept_ids": concept_ids.tolist(), **({"grid": list(grid)} if swept else {})}
@@ -240,7 +239,8 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
   report = None if progress is None else (lambda step, _: progress(f"train {spec.name}", step + 1, steps))
   trained, record = train_jointly(cfg, loss, {"w": jnp.asarray(init, jnp.float32)},
                                   {k: jnp.asarray(v) for k, v in arrays.items()}, batches,
-                                  frozen=cache.placed_params, progress=report, checkpoint=checkpoint, mesh=mesh)
+                                  frozen=cache.placed_params, progress=report, checkpoint=checkpoint,
+                                  mesh=cache.mesh)
   return np.array(trained["w"]), record, per_epoch
 
 
@@ -270,18 +270,18 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
   elif spec.trained:
     part = lambda label: None if checkpoint_dir is None else os.path.join(checkpoint_dir, label)
     weights, record, per_epoch = _train(spec, hp, cache, seed, progress, part("axbench"))
-    frame = _record_frame(record, np.array([c.concept_id for c in concepts]), per_epoch)
+    ids = np.array([c.concept_id for c in concepts])
+    frame = _record_frame(record, ids, per_epoch)
     if "fired" in record:
       dead = _dead_latents(record, per_epoch)
       remedied = np.zeros_like(dead)
       if dead_latent_remedy == "diffmean" and dead.any():
         subset = np.flatnonzero(dead)
-        ex = cache.tokenised(example_set(spec.name))
         start = token_moments.diffmean(cache.moments())[subset]
         retrained, record2, _ = _train(spec, hp, cache, seed, progress, part("remedy"), subset, start)
         weights[subset] = retrained
-        frame = pd.concat([frame[~frame["concept_id"].isin(ex.concept_ids[subset])],
-                           _record_frame(record2, ex.concept_ids[subset], per_epoch).assign(remedy="diffmean")])
+        frame = pd.concat([frame[~frame["concept_id"].isin(ids[subset])],
+                           _record_frame(record2, ids[subset], per_epoch).assign(remedy="diffmean")])
         remedied[subset] = True
         dead[subset] = _dead_latents(record2, per_epoch)
   elif spec.name == "LAT":

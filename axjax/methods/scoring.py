@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axjax.methods.activations import placed_batches, residual_stream
+from axjax.methods.activations import WIDTH_MULTIPLE, placed_batches, residual_stream
 from axjax.model.config import GemmaConfig
 
 
@@ -38,7 +38,7 @@ def _batch_max_scores(params, config: GemmaConfig, tokens, mask, score_mask, lay
 
 def example_max_scores(params, config: GemmaConfig, tokens: np.ndarray, mask: np.ndarray, score_mask: np.ndarray,
                        layer: int, weights: np.ndarray, biases: np.ndarray, relu: np.ndarray, *,
-                       batch_size: int = 16, width_multiple: int = 8, progress=None,
+                       batch_size: int = 16, width_multiple: int = WIDTH_MULTIPLE, progress=None,
                        mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
   """Per example and concept, the max over scored tokens of the token score at `layer`: [N, C] float32.
 

@@ -30,7 +30,7 @@ class TokenMoments:
 
   count: np.ndarray  # [C, 2] float64 tokens
   total: np.ndarray  # [C, 2, d] float64 sums of x - shift
-  scatter: np.ndarray | None  # [C, d, d] float64 sum over positive tokens of (x - shift)(x - shift)^T
+  scatter: np.ndarray  # [C, d, d] float64 sum over positive tokens of (x - shift)(x - shift)^T
   shift: np.ndarray | None = None  # [d] float32, set by the first batch
 
 
@@ -50,21 +50,14 @@ def _batch_moments(acts, score, shift):
   return score.sum(-1), sums, jnp.einsum("rtd,rte->rde", y, y, precision=_HIGHEST)
 
 
-@jax.jit
-def _batch_sums(acts, score, shift):
-  """Per row [R]: scored tokens' count and sum [R, d] of x - shift."""
-  y = (acts.astype(jnp.float32) - shift) * score[..., None]
-  return score.sum(-1), jnp.einsum("rt,rtd->rd", score, y, precision=_HIGHEST)
-
-
 def accumulate(batches: Iterable[tuple[np.ndarray, jax.Array, jax.Array]], members: np.ndarray,
-               hidden_size: int, with_scatter: bool) -> TokenMoments:
+               hidden_size: int) -> TokenMoments:
   """Moments from `batches` of (shared rows [R], activations [R, T, d], score mask [R, T]); rows may repeat
   within and across batches (a partial batch's filler copies): each row counts once. `members` from
   `membership`."""
   concepts = members.shape[0]
   m = TokenMoments(np.zeros((concepts, 2)), np.zeros((concepts, 2, hidden_size)),
-                   np.zeros((concepts, hidden_size, hidden_size)) if with_scatter else None)
+                   np.zeros((concepts, hidden_size, hidden_size)))
   seen = np.zeros(members.shape[-1], bool)
   for rows, acts, score in batches:
     chex.assert_rank([acts, score], [3, 2])
@@ -72,7 +65,7 @@ def accumulate(batches: Iterable[tuple[np.ndarray, jax.Array, jax.Array]], membe
     if m.shift is None:
       first = jnp.einsum("rt,rtd->d", score, acts.astype(jnp.float32), precision=_HIGHEST)
       m.shift = np.asarray(first / jnp.maximum(score.sum(), 1.0), np.float32)
-    out = (_batch_moments if with_scatter else _batch_sums)(acts, score, m.shift)
+    out = _batch_moments(acts, score, m.shift)
     out = [np.asarray(a, np.float64) for a in out]
     rows = np.asarray(rows)
     _, first_copy = np.unique(rows, return_index=True)
@@ -81,8 +74,7 @@ def accumulate(batches: Iterable[tuple[np.ndarray, jax.Array, jax.Array]], membe
     weights = members[:, :, rows[fresh]]  # [C, 2, R']
     m.count += weights @ out[0][fresh]
     m.total += np.einsum("cpr,rd->cpd", weights, out[1][fresh])
-    if with_scatter:
-      m.scatter += np.einsum("cr,rde->cde", weights[:, 1], out[2][fresh])
+    m.scatter += np.einsum("cr,rde->cde", weights[:, 1], out[2][fresh])
   return m
 
 
