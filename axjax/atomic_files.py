@@ -1,5 +1,6 @@
 """Writes result files atomically (temporary file, then rename), so an interrupted run never leaves half a file.
 
+With several JAX processes (a pod), process 0 writes and the others wait for it (`axjax.processes`).
 A results folder that cannot be a folder (the path is a file, a parent is a file, permission is denied) raises
 AxjaxError with one sentence naming the path, so every CLI answers it with one `error:` line.
 """
@@ -13,6 +14,7 @@ import os
 import tempfile
 from typing import Any
 
+from axjax import processes
 from axjax.errors import AxjaxError
 
 # Errors that say the path is wrong (bad input), not that the machine failed (disk full, I/O error).
@@ -69,6 +71,11 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically; with several processes, process 0 writes and the others wait for it."""
+  processes.on_writer(_write_bytes, path, data)
+
+
+def _write_bytes(path: str, data: bytes) -> None:
   folder = os.path.dirname(path) or "."
   make_dirs(folder)
   try:

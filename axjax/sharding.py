@@ -79,4 +79,12 @@ def batch_placement(mesh: Mesh | None, batch_size: int):
   with their rows split over that axis); without a mesh, the batch size and plain device arrays."""
   if mesh is None:
     return batch_size, lambda *arrays: tuple(jax.numpy.asarray(a) for a in arrays)
-  return concept_multiple(mesh, batch_size), lambda *arrays: tuple(jax.device_put(arrays, split_concepts(mesh)))
+  return concept_multiple(mesh, batch_size), lambda *arrays: tuple(put_split(a, mesh) for a in arrays)
+
+
+def put_split(array: Any, mesh: Mesh) -> jax.Array:
+  """`array` (host, or on this process's device) with its leading axis split over the mesh's concept axis. Goes
+  through the host, so the mesh may span other processes' devices too; PRNG keys travel as their key data."""
+  if isinstance(array, jax.Array) and jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(put_split(jax.random.key_data(array), mesh), impl=jax.random.key_impl(array))
+  return jax.device_put(np.asarray(array), split_concepts(mesh))

@@ -9,7 +9,7 @@ from absl import app, flags, logging
 import jax
 from tqdm.auto import tqdm
 
-from axjax import atomic_files
+from axjax import atomic_files, processes
 from axjax.errors import AxjaxError
 
 # The flag every experiment that writes results names its results folder with.
@@ -45,13 +45,19 @@ def run(main: Callable[[list[str]], None]) -> None:
     sys.exit(2)
 
 
+def say(text: str) -> None:
+  """Prints `text` on process 0 only (in a multi-host job every process runs the same program)."""
+  if processes.is_writer():
+    print(text, flush=True)
+
+
 def progress_bars() -> Callable[[str, int, int], None]:
-  """A progress callback `(stage, done, total)` drawing one tqdm bar per stage."""
+  """A progress callback `(stage, done, total)` drawing one tqdm bar per stage (on process 0 only)."""
   bars: dict[str, tqdm] = {}
 
   def progress(stage: str, done: int, total: int) -> None:
     if stage not in bars:
-      bars[stage] = tqdm(total=total, desc=stage)
+      bars[stage] = tqdm(total=total, desc=stage, disable=not processes.is_writer())
     bars[stage].update(done - bars[stage].n)
     if done >= total:
       bars[stage].close()

@@ -72,7 +72,7 @@ def main(argv):
                           mesh=mesh)
   reports, _ = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                              dead_latent_remedy=_DEAD_REMEDY.value, sweeps=sweeps, **chunking,
-                             imbalance_factor=_IMBALANCE.value, log=lambda line: print(line, flush=True))
+                             imbalance_factor=_IMBALANCE.value, log=cli.say)
   atomic_files.write_json(os.path.join(output, "detection.json"), reports)
   if records := training_records(output, methods):
     atomic_files.write_bytes(os.path.join(output, TRAINING_PLOT), training_loss_plot(records))
@@ -82,7 +82,7 @@ def main(argv):
   atomic_files.write_text(os.path.join(output, "summary.md"),
                           f"# Concept detection: {model.name}, {_DATA.value}, layer {_LAYER.value}\n\nROC AUC\n\n{table}"
                           f"\nHard-negative macro accuracy\n\n{hard}")
-  print(f"\nAUROC ({model.name}, {_DATA.value}, layer {_LAYER.value}); results in {output}\n\n{table}")
+  cli.say(f"\nAUROC ({model.name}, {_DATA.value}, layer {_LAYER.value}); results in {output}\n\n{table}")
 
 
 if __name__ == "__main__":

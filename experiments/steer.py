@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 import axjax
-from axjax import atomic_files
+from axjax import atomic_files, processes
 from axjax.data.axbench_format import read_axbench
 from axjax.errors import AxjaxError
 from axjax.judges.base import ASPECTS, Judge, RatingRequest
@@ -147,7 +147,7 @@ def main(argv):
   cache = ActivationCache(model, data, _LAYER.value, progress, mesh=mesh)
   reports, dictionaries = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                                        dead_latent_remedy=_DEAD_REMEDY.value, **chunking,
-                                       imbalance_factor=100, log=lambda line: print(line, flush=True))
+                                       imbalance_factor=100, log=cli.say)
   placed = cache.placed_params
   del cache  # the activations are not needed for steering
 
@@ -160,6 +160,8 @@ def main(argv):
                               progress=lambda done, total: progress("steered generation", done, total),
                               mesh=mesh, params=placed)
   atomic_files.write_parquet(os.path.join(output, "steering", "generations.parquet"), generations)
+  if not processes.leave_to_writer():
+    return  # judging and the report are host work: process 0 does them alone
   table = rows.merge(generations, on="row_id", validate="one_to_one")
   perplexity_of.update(zip(zip(table["instruction"], table["generation"]), table["perplexity"]))
 
@@ -173,7 +175,7 @@ def main(argv):
   results = write_report(output, table, judge_name=judge.name, judge_is_proxy=judge.is_proxy,
                          judge_usage=judge.usage(), baseline=baseline, detection=reports, settings=settings,
                          training=training_records(output, methods))
-  print(_summary_lines(results, output), flush=True)
+  cli.say(_summary_lines(results, output))
 
 
 def _summary_lines(results: dict, output: str) -> str:

@@ -13,12 +13,12 @@ import json
 import numbers
 import os
 import shutil
-import tempfile
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import orbax.checkpoint as ocp
 
+from axjax import processes
 from axjax.errors import AxjaxError
 
 if TYPE_CHECKING:
@@ -209,7 +209,8 @@ def save_dictionary(path: str | os.PathLike, dictionary: Dictionary, overwrite: 
   """Writes `dictionary` to the folder `path` atomically: a failed save leaves `path` as it was.
 
   Orbax writes into a hidden staging folder beside `path` (itself via a tmp dir and a rename); the
-  finished checkpoint then replaces `path` by rename only, so `path` never holds a partial dictionary.
+  finished checkpoint then replaces `path` by rename only, so `path` never holds a partial dictionary. With
+  several processes every one calls this; process 0 moves the folders.
   """
   path = os.path.abspath(os.fspath(path))
   if os.path.lexists(path):
@@ -217,17 +218,16 @@ def save_dictionary(path: str | os.PathLike, dictionary: Dictionary, overwrite: 
       raise DictionaryError(f"{path} already exists: pass overwrite=True to replace it")
     if _raw_metadata(path) is None:  # never replace (and so delete) anything but a dictionary
       raise DictionaryError(f"{path} exists and is not an axjax dictionary: refusing to replace it")
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".axjax-tmp", dir=parent)
+  staging = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{processes.shared_token()}.axjax-tmp")
+  processes.on_writer(os.makedirs, staging)
   try:
     new, old = os.path.join(staging, "new"), os.path.join(staging, "old")
     arrays = {name: np.asarray(getattr(dictionary, name)) for name in _ARRAYS}
     _checkpointer().save(new, ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
                                                  metadata=ocp.args.JsonSave(_metadata(dictionary))))
-    _commit(new, path, old)
+    processes.on_writer(_commit, new, path, old)
   finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    processes.on_writer(shutil.rmtree, staging, ignore_errors=True)
 
 
 def _commit(new: str, path: str, old: str) -> None:

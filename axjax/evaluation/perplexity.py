@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from axjax import processes
 from axjax.errors import AxjaxError
 from axjax.generation.text import encode_prompts, left_pad
 from axjax.loading.load import LoadedModel
@@ -47,7 +48,7 @@ def continuation_perplexity(model: LoadedModel, prompt_ids: Sequence[Sequence[in
     check_tokens(ids, model.config)
     width = min(-(-int(cont_len.max()) // length_bucket) * length_bucket, ids.shape[1] - 1)
     nll = _mean_continuation_nll(model.params, model.config, ids, mask, cont_len, width)
-    out[index] = np.exp(np.asarray(nll, np.float64)[:len(index)])
+    out[index] = np.exp(processes.to_host(nll).astype(np.float64)[:len(index)])
   return out
 
 

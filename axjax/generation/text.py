@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from axjax import processes
 from axjax.errors import AxjaxError
 from axjax.generation.decode import generate_tokens
 from axjax.generation.sampling import SamplingConfig
@@ -72,7 +73,7 @@ def generate_text(model: LoadedModel, prompts: Sequence[str], *, sampling: Sampl
       params = jax.tree.map(lambda a: _rows(a, start, n, batch_size, len(prompts)), intervention_params)
     out = generate_tokens(model.params, model.config, ids, mask, row_keys, sampling, stop_token_ids(tok), pad_id,
                           intervention, params)
-    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    tokens, lengths = processes.to_host(out.tokens), processes.to_host(out.lengths)
     texts += [tok.decode(tokens[i, :lengths[i]], skip_special_tokens=True) for i in range(n)]
   return texts
 

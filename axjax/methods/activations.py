@@ -8,7 +8,7 @@ import chex
 import jax
 import numpy as np
 
-from axjax import sharding
+from axjax import processes, sharding
 from axjax.model.config import GemmaConfig
 from axjax.model.transformer import embed, frame_from_mask, layer_slice, run_layers
 
@@ -76,6 +76,6 @@ def layer_activations(params, config: GemmaConfig, tokens: np.ndarray, mask: np.
   chex.assert_equal_shape([tokens, mask])
   out = np.zeros((*tokens.shape, config.hidden_size), params["embed"].dtype)
   for rows, placed in placed_batches([tokens, mask], mask, batch_size, width_multiple, mesh, progress):
-    acts = np.asarray(residual(params, config, *placed, layer))
+    acts = processes.to_host(residual(params, config, *placed, layer))
     out[rows, :acts.shape[1]] = acts  # a partial batch's copies write their row's values again
   return out

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from axjax import processes
 from axjax.errors import AxjaxError
 from axjax.methods.fit import ActivationCache, example_set
 from axjax.methods.registry import method
@@ -22,8 +23,8 @@ _TEMPLATE_TOKENS = 16  # chat-template tokens around an input and output (Gemma'
 
 
 def host_memory_budget() -> int:
-  """Default bytes of activations a chunk may hold: half the host memory available now."""
-  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+  """Default bytes of activations a chunk may hold: half the host memory available now (process 0's)."""
+  return processes.agreed(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
 
 
 def activation_bytes(cache: ActivationCache, methods: Sequence[str], concept_ids: Sequence[int]) -> np.ndarray:

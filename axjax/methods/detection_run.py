@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from axjax import atomic_files
+from axjax import atomic_files, processes
 from axjax.dictionary import Dictionary, load_dictionary, save_dictionary
 from axjax.errors import AxjaxError
 from axjax.methods import concept_chunks
@@ -117,7 +117,7 @@ def _train_part(part_dir: str, name: str, cache: ActivationCache, *, overrides, 
     _write_training(part_dir, name, fit_method(name, cache, overrides=overrides.get(name), seed=seed,
                                                progress=cache.progress, checkpoint_dir=state_dir,
                                                dead_latent_remedy=dead_latent_remedy), log)
-  shutil.rmtree(state_dir, ignore_errors=True)  # epoch state, now finished
+  processes.on_writer(shutil.rmtree, state_dir, ignore_errors=True)  # epoch state, now finished
 
 
 def _chunk_plan(output_dir: str, concept_ids: list[int], plan: Callable[[], list[tuple[int, ...]]]
@@ -214,7 +214,7 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
     if len(chunks) > 1:
       for name in untrained:
         _merge_parts(output_dir, parts, name)
-      shutil.rmtree(os.path.join(output_dir, "chunks"))
+      processes.on_writer(shutil.rmtree, os.path.join(output_dir, "chunks"))
   if pending:
     trained = {name: load_dictionary(dict_path(output_dir, name), hidden_size=hidden, layer=layer)
                for name in pending}

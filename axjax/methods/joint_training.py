@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from axjax import sharding
+from axjax import processes, sharding
 from axjax.methods.training_checkpoint import EpochCheckpoint
 
 PyTree = Any
@@ -114,11 +114,11 @@ def joint_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, i
 
 def memory_budget() -> int:
   """Bytes one training step may use beyond its arguments: 90% of an accelerator's memory limit, or half the
-  host memory free now on the CPU."""
-  stats = jax.devices()[0].memory_stats()
+  host memory free now on the CPU (process 0's, so every process compiles the same step)."""
+  stats = jax.local_devices()[0].memory_stats()
   if stats and "bytes_limit" in stats:
-    return int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
-  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    return processes.agreed(int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))))
+  return processes.agreed(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
 
 
 def _padded(tree: PyTree, size: int) -> PyTree:
@@ -188,7 +188,7 @@ def train_jointly(cfg: OptimConfig, loss_fn: LossFn | Sequence[LossFn], params: 
   params, opt_state = jax.device_put(_padded(state, size), sharding.split_concepts(mesh))  # our own copy
   examples = jax.device_put(examples, sharding.replicated(mesh))
   frozen = None if frozen is None else sharding.place_frozen(frozen, mesh)
-  unpadded = lambda tree: jax.tree.map(lambda a: np.asarray(a)[:concepts], tree)
+  unpadded = lambda tree: jax.tree.map(lambda a: processes.to_host(a)[:concepts], tree)
   if start < len(batches):
     budget = memory_budget() if memory_limit is None else memory_limit
     step_fn = _fitting_step(cfg, loss_fns, params, opt_state, examples, batches[start], frozen, budget, mesh, size)

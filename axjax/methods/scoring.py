@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from axjax import processes
 from axjax.methods.activations import WIDTH_MULTIPLE, placed_batches, residual_stream
 from axjax.model.config import GemmaConfig
 
@@ -50,5 +51,5 @@ def example_max_scores(params, config: GemmaConfig, tokens: np.ndarray, mask: np
   r = jnp.asarray(relu, bool)
   out = np.empty((tokens.shape[0], w.shape[0]), np.float32)
   for rows, placed in placed_batches([tokens, mask, score_mask], mask, batch_size, width_multiple, mesh, progress):
-    out[rows] = np.asarray(_batch_max_scores(params, config, *placed, layer, w, b, r))
+    out[rows] = processes.to_host(_batch_max_scores(params, config, *placed, layer, w, b, r))
   return out

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from axjax import processes
 from axjax.methods import closed_form
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -64,9 +65,9 @@ def accumulate(batches: Iterable[tuple[np.ndarray, jax.Array, jax.Array]], membe
     score = jnp.asarray(score, jnp.float32)
     if m.shift is None:
       first = jnp.einsum("rt,rtd->d", score, acts.astype(jnp.float32), precision=_HIGHEST)
-      m.shift = np.asarray(first / jnp.maximum(score.sum(), 1.0), np.float32)
+      m.shift = processes.to_host(first / jnp.maximum(score.sum(), 1.0)).astype(np.float32)
     out = _batch_moments(acts, score, m.shift)
-    out = [np.asarray(a, np.float64) for a in out]
+    out = [processes.to_host(a).astype(np.float64) for a in out]
     rows = np.asarray(rows)
     _, first_copy = np.unique(rows, return_index=True)
     fresh = first_copy[~seen[rows[first_copy]]]

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from axjax import processes
 from axjax.errors import AxjaxError
 
 PyTree = Any
@@ -65,13 +66,13 @@ class EpochCheckpoint:
   def save(self, step: int, state: PyTree, record: dict[str, np.ndarray]) -> None:
     """Saves the state after `step` steps, then removes older checkpoints."""
     older = self._saved()
-    leaves = {str(i): np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(state))}
+    leaves = {str(i): processes.to_host(leaf) for i, leaf in enumerate(jax.tree.leaves(state))}
     _checkpointer().save(os.path.abspath(os.path.join(self.folder, f"step-{step}")), ocp.args.Composite(
         state=ocp.args.StandardSave(leaves), record=ocp.args.StandardSave(record),
         meta=ocp.args.JsonSave({"step": step, "settings": self.settings})), force=True)
     for done, path in older:
       if done != step:
-        shutil.rmtree(path, ignore_errors=True)
+        processes.on_writer(shutil.rmtree, path, ignore_errors=True)
 
   def remove(self) -> None:
-    shutil.rmtree(self.folder, ignore_errors=True)
+    processes.on_writer(shutil.rmtree, self.folder, ignore_errors=True)

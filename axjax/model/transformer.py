@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from axjax import processes
 from axjax.errors import AxjaxError
 from axjax.model.config import GemmaConfig
 from axjax.model.interventions import Intervention, InterventionContext, check_width
@@ -123,7 +124,7 @@ def check_tokens(tokens: Any, config: GemmaConfig) -> None:
   """Refuses token ids outside the vocabulary (checked on concrete arrays, before tracing)."""
   if isinstance(tokens, jax.core.Tracer):
     return
-  arr = np.asarray(tokens)
+  arr = processes.to_host(tokens)
   if arr.size and (arr.min() < 0 or arr.max() >= config.vocab_size):
     raise AxjaxError(f"token ids must lie in [0, {config.vocab_size}); got values from {arr.min()} to {arr.max()}")
 

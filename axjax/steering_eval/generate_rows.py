@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from axjax import atomic_files, sharding
+from axjax import atomic_files, processes, sharding
 from axjax.data.chat_format import prefix_length
 from axjax.evaluation.perplexity import continuation_perplexity
 from axjax.generation.decode import generate_tokens
@@ -85,7 +85,7 @@ def generate_rows(model: LoadedModel, rows: pd.DataFrame, vectors: np.ndarray, s
                                                            strengths[padded], steer_mask)
     out = generate_tokens(params, model.config, ids, mask, row_key, sampling, stops, pad_id, intervention,
                           steering_params(vector, strength), steer_mask)
-    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    tokens, lengths = processes.to_host(out.tokens), processes.to_host(out.lengths)
     generated = [tokens[j, :lengths[j]].tolist() for j in range(len(batch))]
     perplexity = continuation_perplexity(model, [encoded[i] for i in batch], generated, batch_size=batch_size)
     shard = pd.DataFrame({"row_id": rows["row_id"].to_numpy()[batch],

@@ -17,7 +17,10 @@
 #
 # Env: PYTHON (default: python), MASTER_PORT (default 29571), CONFIG (see above), RESUME=1 (continue an
 # interrupted run in OUT_DIR: stages already finished are skipped, and AxBench's train and latent inference
-# resume after the last finished concept from their state files; the timings then cover this call only).
+# resume after the last finished concept from their state files; the timings then cover this call only),
+# TRUNCATE=1 (cut the model after LAYER, through truncate/sitecustomize.py: the same results for methods that
+# read only that layer, DiffMean, PCA, LAT and LinearProbe, in a fraction of the time; never for LsReFT, and the
+# timings are then not AxBench's).
 # Per-concept AUROCs land in OUT_DIR/evaluate/latent.jsonl; OUT_DIR/auroc.json is collect_auroc.py's
 # summary of them.
 set -euo pipefail
@@ -63,6 +66,10 @@ export TOKENIZERS_PARALLELISM=false
 export OPENAI_API_KEY=${OPENAI_API_KEY:-unused}  # AsyncOpenAI() needs a key; latent mode makes no calls
 export AXBENCH_EXTRA_CHAT_MODELS="$MODEL"         # treat the local folder as a chat model (Gemma template)
 export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
+if [ "${TRUNCATE:-0}" = 1 ]; then
+  grep -qE '^ +LsReFT:' "$TEMPLATE" && { echo "TRUNCATE=1 with LsReFT in $TEMPLATE: its loss needs the upper layers" >&2; exit 2; }
+  export AXBENCH_TRUNCATE_LAYER="$LAYER" PYTHONPATH="$HERE/truncate:$PYTHONPATH"
+fi
 MASTER="$OUT/master_data"
 "$PY" -c "
 import sys
