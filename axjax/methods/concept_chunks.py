@@ -9,22 +9,15 @@ uses them) at the width of its longest row.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 
-from axjax import processes
 from axjax.errors import AxjaxError
 from axjax.methods.fit import ActivationCache, example_set
 from axjax.methods.registry import method
 
 _TEMPLATE_TOKENS = 16  # chat-template tokens around an input and output (Gemma's take 9), plus the pad
-
-
-def host_memory_budget() -> int:
-  """Default bytes of activations a chunk may hold: half the host memory available now (process 0's)."""
-  return processes.agreed(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
 
 
 def activation_bytes(cache: ActivationCache, methods: Sequence[str], concept_ids: Sequence[int]) -> np.ndarray:

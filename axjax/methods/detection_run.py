@@ -21,6 +21,7 @@ from axjax.errors import AxjaxError
 from axjax.methods import concept_chunks
 from axjax.methods.detection import evaluate_detection
 from axjax.methods.fit import ActivationCache, FitResult, best_of_sweep, example_set, fit_method, fit_sweep
+from axjax.methods.joint_training import host_memory_budget
 from axjax.methods.registry import grid_label
 
 
@@ -189,7 +190,7 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
   to_train = [m for m in methods if any(n in untrained for n in entries[m])]
   if untrained:
     ids = list(cache.concept_ids or [c.concept_id for c in cache.data.concepts])
-    budget = memory_budget or concept_chunks.host_memory_budget()
+    budget = memory_budget or host_memory_budget()  # the activations of one chunk
     chunks = _chunk_plan(output_dir, ids, lambda: concept_chunks.plan_chunks(
         ids, concept_chunks.activation_bytes(cache, to_train, ids), budget, max_chunk))
     parts = [output_dir] if len(chunks) == 1 else [os.path.join(output_dir, "chunks", f"{i:05d}")

@@ -112,13 +112,18 @@ def joint_step(cfg: OptimConfig, loss_fn: LossFn, params, opt_state, examples, i
   return params, opt_state, values
 
 
+def host_memory_budget() -> int:
+  """Half the host memory available now (process 0's, so every process plans and compiles the same)."""
+  return processes.agreed(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+
+
 def memory_budget() -> int:
-  """Bytes one training step may use beyond its arguments: 90% of an accelerator's memory limit, or half the
-  host memory free now on the CPU (process 0's, so every process compiles the same step)."""
+  """Bytes one training step may use beyond its arguments: 90% of an accelerator's memory limit, or
+  `host_memory_budget()` on the CPU (process 0's either way, so every process compiles the same step)."""
   stats = jax.local_devices()[0].memory_stats()
   if stats and "bytes_limit" in stats:
     return processes.agreed(int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))))
-  return processes.agreed(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+  return host_memory_budget()
 
 
 def _padded(tree: PyTree, size: int) -> PyTree:
