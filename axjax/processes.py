@@ -6,13 +6,16 @@ process's shards, so a host value is gathered from all processes, and files are 
 the others wait at a barrier. Orbax saves and loads (dictionaries, training state) are made by every process
 together (Orbax writes host arrays from process 0). The output folder must be shared storage every process can
 read, as Orbax needs.
+Work that needs no other process (one process's share of the concept chunks, on its own devices) runs inside
+`on_its_own()`, where these functions act as in a one-process job.
 With one process every function here is the plain single-host operation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import jax
 import numpy as np
@@ -24,6 +27,7 @@ T = TypeVar("T")
 SHUTDOWN_WAIT_SECONDS = 7 * 24 * 3600
 _barriers = itertools.count()
 _alone = False  # set on process 0 once the others have stopped: no more barriers
+_on_its_own = False  # inside `on_its_own()`: this process works and writes as a one-process job
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -37,7 +41,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def multi() -> bool:
-  return jax.process_count() > 1
+  """Whether other processes share this work (and its barriers)."""
+  return jax.process_count() > 1 and not _on_its_own
+
+
+@contextlib.contextmanager
+def on_its_own() -> Iterator[None]:
+  """Work this process does alone on its own devices (its share of the concept chunks): no barriers, no
+  gathering, its own memory budget, and it writes its own files (into folders no other process writes; no Orbax
+  saves, which need every process)."""
+  global _on_its_own
+  _on_its_own = True
+  try:
+    yield
+  finally:
+    _on_its_own = False
 
 
 def is_writer() -> bool:
@@ -76,8 +94,14 @@ def on_writer(write: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
   if not multi() or _alone:
     return write(*args, **kwargs)
   result = write(*args, **kwargs) if is_writer() else None
-  multihost_utils.sync_global_devices(f"axjax-write-{next(_barriers)}")
+  barrier()
   return result
+
+
+def barrier() -> None:
+  """Waits until every process has got here."""
+  if multi() and not _alone:
+    multihost_utils.sync_global_devices(f"axjax-barrier-{next(_barriers)}")
 
 
 def leave_to_writer() -> bool:

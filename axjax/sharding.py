@@ -88,3 +88,13 @@ def put_split(array: Any, mesh: Mesh) -> jax.Array:
   if isinstance(array, jax.Array) and jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
     return jax.random.wrap_key_data(put_split(jax.random.key_data(array), mesh), impl=jax.random.key_impl(array))
   return jax.device_put(np.asarray(array), split_concepts(mesh))
+
+
+def local_mesh(mesh: Mesh) -> Mesh | None:
+  """The part of `mesh` on this process's devices (its entries of the concept axis, each with its whole model
+  axis), for work a process does on its own; None where a model-axis group spans processes."""
+  process = np.vectorize(lambda device: device.process_index)(mesh.devices)
+  if (process != process[:, :1]).any():
+    return None
+  mine = process[:, 0] == jax.process_index()
+  return Mesh(mesh.devices[mine], mesh.axis_names)

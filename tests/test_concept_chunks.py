@@ -28,6 +28,13 @@ def test_plan_chunks_fills_the_budget_in_order():
     concept_chunks.plan_chunks([10], sizes[:1], 100, max_size=0)
 
 
+def test_chunks_are_split_until_every_process_has_one():
+  assert concept_chunks.at_least([(1, 2, 3, 4, 5)], 2) == [(1, 2, 3), (4, 5)]
+  assert concept_chunks.at_least([(1, 2), (3, 4, 5, 6)], 3) == [(1, 2), (3, 4), (5, 6)]
+  assert concept_chunks.at_least([(1, 2)], 4) == [(1,), (2,)]  # no empty chunks
+  assert concept_chunks.at_least([(1,), (2,)], 1) == [(1,), (2,)]
+
+
 @pytest.fixture(scope="module")
 def model(tiny_with_tokenizer):
   return axjax.load(tiny_with_tokenizer)

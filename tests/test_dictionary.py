@@ -97,6 +97,13 @@ def test_round_trip_keeps_every_field(tmp_path):
   assert axjax.load_dictionary is load_dictionary and axjax.save_dictionary is save_dictionary
 
 
+def test_npz_round_trip_keeps_every_field(tmp_path):
+  d = make_dictionary().replace(thresholds=[np.nan, 0.25, -1.0], hyperparameters={"lr": 0.01, "k": [1, "x"]})
+  store.save_dictionary_npz(str(tmp_path / "d.npz"), d)
+  assert_same(d, store.load_dictionary_npz(str(tmp_path / "d.npz")))
+  assert sorted(os.listdir(tmp_path)) == ["d.npz"]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(hidden_size=640), "has width 8 but the model's hidden size is 640"),
     (dict(layer=20), "was trained for layer 6, not layer 20"),

@@ -1,7 +1,8 @@
 """A multi-host job on one machine: two JAX processes (4 simulated CPU devices each, talking through gloo) train,
-score and steer together, writing into one folder, and get exactly what one process with 8 devices gets (the same
-mesh, so the same arithmetic; tests/test_sharding.py shows 8 devices equal 1). Process 0 writes; the other only
-computes."""
+score and steer together, writing into one folder, and get what one process with 8 devices gets. Each process
+trains its own share of the concept chunks on its own devices, computing activations for those concepts only;
+scoring and steering run on the mesh of all 8 devices (the same arithmetic as one process; tests/test_sharding.py
+shows 8 devices equal 1). Shared results are written once, by process 0."""
 
 import json
 import os
@@ -37,7 +38,9 @@ mesh = sharding.make_mesh()
 model = axjax.load(model_dir)
 data = read_axbench("concept10/prod_2b_l20_v1", max_concepts=3)
 methods = ["DiffMean", "ReFT-r1", "SSV"]
-cache = fit.ActivationCache(model, data, layer=1, max_examples=8, mesh=mesh)
+computed = {}  # per example set: how many rows this process computed activations for
+record = lambda stage, done, total: computed.__setitem__(stage, total) if stage.startswith("activations") else None
+cache = fit.ActivationCache(model, data, layer=1, progress=record, max_examples=8, mesh=mesh)
 reports, dictionaries = detection_run.run_detection(cache, methods, os.path.join(output, "detect"), seed=0,
                                          overrides={m: {"n_epochs": "1"} for m in methods[1:]},
                                          imbalance_factor=None, log=lambda line: None)
@@ -47,6 +50,8 @@ vectors = np.random.default_rng(0).normal(size=(len(rows), model.config.hidden_s
 made = generate_rows(model, rows, vectors, rows["factor"].to_numpy(np.float32), layer=1, protocol=protocol, seed=3,
                      batch_size=4, shard_dir=os.path.join(output, "shards"), mesh=mesh,
                      params=sharding.place_frozen(model.params, mesh))
+with open(os.path.join(output, f"rows-{jax.process_index()}.json"), "w") as f:
+  json.dump(computed, f)
 if processes.is_writer():
   out = {m: {"weights": dictionaries[m].weights.tolist(),
              "auroc": [c["roc"]["roc_auc"] for c in reports[m]["concepts"]]} for m in methods}
@@ -86,7 +91,14 @@ def test_two_processes_give_the_results_of_one(tiny_with_tokenizer, tmp_path):
     np.testing.assert_allclose(two[name]["auroc"], one[name]["auroc"], atol=1e-6, err_msg=name)
   assert len(one["generations"]) == 2 * 2 * 2 and two["generations"] == one["generations"]
   np.testing.assert_allclose(two["perplexity"], one["perplexity"], rtol=1e-5)
-  # Process 0 wrote each file once and left no staging folder behind.
+  # Each process computed the activations of its own concepts only: their positives (one concept's each) are
+  # split between the two exactly, the shared negatives are computed by both.
+  counts = [json.loads((tmp_path / "two" / f"rows-{i}.json").read_text()) for i in range(2)]
+  whole = json.loads((tmp_path / "one" / "rows-0.json").read_text())
+  assert counts[0]["activations (lm_positive)"] + counts[1]["activations (lm_positive)"] == \
+      whole["activations (lm_positive)"]
+  assert all(0 < c["activations (lm_all)"] < whole["activations (lm_all)"] for c in counts)
+  # Process 0 wrote each shared file once and left no staging folder behind.
   assert not [p for p in os.listdir(tmp_path / "two" / "detect" / "dictionaries") if p.startswith(".")]
 
 

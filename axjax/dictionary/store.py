@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import json
 import numbers
 import os
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import orbax.checkpoint as ocp
 
-from axjax import processes
+from axjax import atomic_files, processes
 from axjax.errors import AxjaxError
 
 if TYPE_CHECKING:
@@ -243,6 +244,31 @@ def _commit(new: str, path: str, old: str) -> None:
     raise
 
 
+def save_dictionary_npz(path: str, dictionary: Dictionary) -> None:
+  """`dictionary` as one .npz file (arrays and metadata), written atomically by this process alone: the scratch
+  form of one concept chunk's results, which a process working on its own chunk writes (Orbax saves need every
+  process) and `load_dictionary_npz` reads back."""
+  buffer = io.BytesIO()
+  np.savez(buffer, metadata=np.array(json.dumps(_metadata(dictionary))),
+           **{name: np.asarray(getattr(dictionary, name)) for name in _ARRAYS})
+  atomic_files.write_bytes(path, buffer.getvalue())
+
+
+def load_dictionary_npz(path: str) -> Dictionary:
+  with np.load(path) as saved:
+    return _from_saved(json.loads(str(saved["metadata"])), {name: saved[name] for name in _ARRAYS}, path)
+
+
+def _from_saved(meta: dict[str, Any], arrays: dict[str, Any], path: str) -> Dictionary:
+  """The Dictionary of saved metadata and arrays, checked against each other."""
+  if set(arrays) != set(_ARRAYS) or np.shape(arrays["weights"]) != (meta["num_concepts"], meta["hidden_size"]):
+    raise DictionaryError(f"dictionary {path} is corrupt: its arrays do not match its metadata")
+  return Dictionary(concept_ids=tuple(meta["concept_ids"]), concept_names=tuple(meta["concept_names"]),
+                    method=meta["method"], model_name=meta["model_name"], layer=meta["layer"],
+                    hyperparameters=meta["hyperparameters"], format_version=meta["format_version"],
+                    **{name: np.asarray(arrays[name]) for name in _ARRAYS})
+
+
 def load_dictionary(path: str | os.PathLike, *, hidden_size: int | None = None, layer: int | None = None,
                     model_name: str | None = None) -> Dictionary:
   """Reads the dictionary saved at `path`; if given, checks it fits `hidden_size`, `layer` and `model_name`.
@@ -254,9 +280,4 @@ def load_dictionary(path: str | os.PathLike, *, hidden_size: int | None = None, 
   _check_fit(f"dictionary {path}", meta["hidden_size"], meta["layer"], meta["model_name"],
              hidden_size=hidden_size, layer=layer, model_name=model_name)
   arrays = _checkpointer().restore(path, ocp.args.Composite(arrays=ocp.args.StandardRestore()))["arrays"]
-  if set(arrays) != set(_ARRAYS) or np.shape(arrays["weights"]) != (meta["num_concepts"], meta["hidden_size"]):
-    raise DictionaryError(f"dictionary {path} is corrupt: its arrays do not match its metadata")
-  return Dictionary(concept_ids=tuple(meta["concept_ids"]), concept_names=tuple(meta["concept_names"]),
-                    method=meta["method"], model_name=meta["model_name"], layer=meta["layer"],
-                    hyperparameters=meta["hyperparameters"], format_version=meta["format_version"],
-                    **{name: np.asarray(arrays[name]) for name in _ARRAYS})
+  return _from_saved(meta, arrays, path)

@@ -58,3 +58,14 @@ def plan_chunks(concept_ids: Sequence[int], per_concept_bytes: np.ndarray, budge
     current.append(int(cid))
     used += int(size)
   return chunks + [tuple(current)] if current else chunks
+
+
+def at_least(chunks: list[tuple[int, ...]], count: int) -> list[tuple[int, ...]]:
+  """`chunks` with the largest halved (in place, order kept) until there are `count` of them, or every chunk
+  holds one concept: work for each of `count` processes."""
+  chunks = list(chunks)
+  while len(chunks) < count and max(map(len, chunks)) > 1:
+    i = max(range(len(chunks)), key=lambda j: len(chunks[j]))
+    half = (len(chunks[i]) + 1) // 2
+    chunks[i:i + 1] = [chunks[i][:half], chunks[i][half:]]
+  return chunks

@@ -7,16 +7,19 @@ activations and thresholds), detection/<method>.json (AxBench's metrics), traini
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from typing import Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 import pandas as pd
 
-from axjax import atomic_files, processes
+from axjax import atomic_files, processes, sharding
 from axjax.dictionary import Dictionary, load_dictionary, save_dictionary
+from axjax.dictionary.store import load_dictionary_npz, save_dictionary_npz
 from axjax.errors import AxjaxError
 from axjax.methods import concept_chunks
 from axjax.methods.detection import evaluate_detection
@@ -92,33 +95,43 @@ def _training_report(result: FitResult) -> list[dict]:
   return out
 
 
-def _write_training(part_dir: str, name: str, result: FitResult, log: Callable[[str], None] | None) -> None:
+def _part_dictionary(part_dir: str, name: str, scratch: bool) -> str:
+  """Where a results folder keeps method `name`'s dictionary: an Orbax folder, or for a chunk's results (which a
+  process may write on its own) a scratch .npz."""
+  return os.path.join(part_dir, "dictionaries", name + (".npz" if scratch else ""))
+
+
+def _write_training(part_dir: str, name: str, result: FitResult, log: Callable[[str], None] | None,
+                    scratch: bool) -> None:
   if result.record is not None:
     atomic_files.write_parquet(os.path.join(part_dir, "training", f"{name}.parquet"), result.record)
     atomic_files.write_json(os.path.join(part_dir, "training", f"{name}.json"), _training_report(result))
     if log is not None:
       log(training_summary(name, result))
-  save_dictionary(os.path.join(part_dir, "dictionaries", name), result.dictionary)
+  path = _part_dictionary(part_dir, name, scratch)
+  (save_dictionary_npz if scratch else save_dictionary)(path, result.dictionary)
 
 
 def _train_part(part_dir: str, name: str, cache: ActivationCache, *, overrides, seed: int, dead_latent_remedy: str,
-                grid: Sequence[dict] | None, log: Callable[[str], None]) -> None:
+                grid: Sequence[dict] | None, log: Callable[[str], None], scratch: bool, epoch_state: bool) -> None:
   """Trains method `name` on the concepts of `cache` into results folder `part_dir`: its dictionary (without
-  max activations yet) and, for gradient-trained methods, training/<name>.parquet and .json. With a `grid`,
-  every point trains in one step and is saved under its label; `name` gets each concept's best point."""
-  state_dir = os.path.join(part_dir, "training", name)
+  max activations yet; `_part_dictionary`) and, for gradient-trained methods, training/<name>.parquet and .json.
+  With a `grid`, every point trains in one step and is saved under its label; `name` gets each concept's best
+  point. With `epoch_state`, training saves its state after every epoch (Orbax) and resumes from it."""
+  state_dir = os.path.join(part_dir, "training", name) if epoch_state else None
   if grid:
     results = fit_sweep(name, cache, grid, overrides=overrides.get(name), seed=seed, progress=cache.progress,
                         checkpoint_dir=state_dir)
     labels = [grid_label(name, point) for point in grid]
     for label, result in zip(labels, results):
-      _write_training(part_dir, label, result, None)
-    _write_training(part_dir, name, best_of_sweep(results, labels), log)
+      _write_training(part_dir, label, result, None, scratch)
+    _write_training(part_dir, name, best_of_sweep(results, labels), log, scratch)
   else:
     _write_training(part_dir, name, fit_method(name, cache, overrides=overrides.get(name), seed=seed,
                                                progress=cache.progress, checkpoint_dir=state_dir,
-                                               dead_latent_remedy=dead_latent_remedy), log)
-  processes.on_writer(shutil.rmtree, state_dir, ignore_errors=True)  # epoch state, now finished
+                                               dead_latent_remedy=dead_latent_remedy), log, scratch)
+  if state_dir is not None:
+    processes.on_writer(shutil.rmtree, state_dir, ignore_errors=True)  # epoch state, now finished
 
 
 def _chunk_plan(output_dir: str, concept_ids: list[int], plan: Callable[[], list[tuple[int, ...]]]
@@ -138,7 +151,7 @@ def _chunk_plan(output_dir: str, concept_ids: list[int], plan: Callable[[], list
 
 def _merge_parts(output_dir: str, parts: list[str], name: str) -> None:
   """One dictionary and training record of method `name` from the chunk folders, in chunk order."""
-  found = [load_dictionary(os.path.join(p, "dictionaries", name)) for p in parts]
+  found = [load_dictionary_npz(_part_dictionary(p, name, scratch=True)) for p in parts]
   first = found[0]
   hp = dict(first.hyperparameters)
   if "sweep_selected" in hp:  # per concept: each chunk names its own concepts' points
@@ -167,8 +180,10 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
   The concepts train in chunks whose activations fit `memory_budget` bytes (default: half the free host
   memory) and hold at most `max_chunk` concepts: for each chunk, every method trains on activations computed
   once, and the chunk's results are kept under chunks/<i>/ until every chunk is done (a run of one chunk
-  writes in place). A rerun resumes at the first unfinished chunk, method and epoch. Then one pass over the
-  eval texts scores every method's dictionary. Gradient-trained methods also write training/<method>.parquet
+  writes in place). A rerun resumes at the first unfinished chunk, method and epoch. Several processes whose
+  devices each hold whole model-axis groups share the chunks out: each trains its own on its own devices and
+  computes activations for their concepts only (they resume per chunk and method: epoch state needs Orbax
+  saves by every process). Then one pass over the eval texts, on every device, scores every method's dictionary. Gradient-trained methods also write training/<method>.parquet
   (per concept and step: loss and its parts). A method in `sweeps` trains every point of its grid at once;
   each point is reported as its own entry ('ReFT-r1@lr=0.005'), and the method's entry takes each concept's
   point with the lowest training loss (`best_of_sweep`).
@@ -191,28 +206,38 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
   if untrained:
     ids = list(cache.concept_ids or [c.concept_id for c in cache.data.concepts])
     budget = memory_budget or host_memory_budget()  # the activations of one chunk
-    chunks = _chunk_plan(output_dir, ids, lambda: concept_chunks.plan_chunks(
-        ids, concept_chunks.activation_bytes(cache, to_train, ids), budget, max_chunk))
-    parts = [output_dir] if len(chunks) == 1 else [os.path.join(output_dir, "chunks", f"{i:05d}")
-                                                   for i in range(len(chunks))]
+    # Several processes whose devices each hold whole model-axis groups share out the chunks: each trains its
+    # own on its own devices and computes activations for its own concepts only.
+    local = sharding.local_mesh(cache.mesh) if processes.multi() else None
+    shares = 1 if local is None else jax.process_count()
+    chunks = _chunk_plan(output_dir, ids, lambda: concept_chunks.at_least(concept_chunks.plan_chunks(
+        ids, concept_chunks.activation_bytes(cache, to_train, ids), budget, max_chunk), shares))
+    in_place = len(chunks) == 1 and shares == 1  # else chunks/<i>/, merged at the end
+    parts = [output_dir] if in_place else [os.path.join(output_dir, "chunks", f"{i:05d}")
+                                           for i in range(len(chunks))]
     if len(chunks) > 1:
-      log(f"{len(ids)} concepts in {len(chunks)} chunks of up to {max(map(len, chunks))} concepts")
+      log(f"{len(ids)} concepts in {len(chunks)} chunks of up to {max(map(len, chunks))} concepts"
+          + (f", shared by {shares} processes" if shares > 1 else ""))
     for i, (chunk, part) in enumerate(zip(chunks, parts)):
-      todo = [m for m in to_train if any(not os.path.exists(dict_path(part, n)) for n in entries[m])]
-      if not todo:
+      done = lambda n: os.path.exists(_part_dictionary(part, n, scratch=not in_place))
+      todo = [m for m in to_train if not all(done(n) for n in entries[m])]
+      if not todo or (shares > 1 and i % shares != jax.process_index()):
         continue
-      part_cache = cache if len(chunks) == 1 else ActivationCache(
-          cache.model, cache.data, layer, cache.progress, concept_ids=chunk, max_examples=cache.max_examples,
-          mesh=cache.mesh)
-      if "binarized" in {example_set(n) for n in todo}:
-        part_cache.examples("binarized")  # DiffMean/PCA then take their moments from these: one pass, not two
-      for name in todo:
-        _train_part(part, name, part_cache, overrides=overrides, seed=seed, dead_latent_remedy=dead_latent_remedy,
-                    grid=sweeps.get(name), log=log)
-      del part_cache  # the chunk's activations
+      with processes.on_its_own() if shares > 1 else contextlib.nullcontext():
+        part_cache = cache if in_place else ActivationCache(
+            cache.model, cache.data, layer, cache.progress, concept_ids=chunk, max_examples=cache.max_examples,
+            mesh=local or cache.mesh)
+        if "binarized" in {example_set(n) for n in todo}:
+          part_cache.examples("binarized")  # DiffMean/PCA then take their moments from these: one pass, not two
+        for name in todo:
+          _train_part(part, name, part_cache, overrides=overrides, seed=seed,
+                      dead_latent_remedy=dead_latent_remedy, grid=sweeps.get(name), log=log,
+                      scratch=not in_place, epoch_state=shares == 1)
+        del part_cache  # the chunk's activations
       if len(chunks) > 1:
         log(f"chunk {i + 1}/{len(chunks)} trained ({len(chunk)} concepts)")
-    if len(chunks) > 1:
+    processes.barrier()  # every process's chunks are written
+    if not in_place:
       for name in untrained:
         _merge_parts(output_dir, parts, name)
       processes.on_writer(shutil.rmtree, os.path.join(output_dir, "chunks"))
