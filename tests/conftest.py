@@ -123,6 +123,15 @@ def padded_batch(rng: np.random.Generator, vocab: int, lengths, width: int):
   return ids, mask
 
 
+def right_padded_batch(rng: np.random.Generator, vocab: int, lengths, width: int, pad: int = 0):
+  """Random non-pad token ids [B, width] right-padded with `pad` after the given real lengths (AxBench's
+  batches), and the mask."""
+  ids = rng.integers(1, vocab, (len(lengths), width)).astype(np.int32)
+  mask = np.arange(width)[None] < np.asarray(lengths)[:, None]
+  ids[~mask] = pad
+  return ids, mask
+
+
 @pytest.fixture(scope="session")
 def tiny_with_tokenizer(tmp_path_factory):
   """A tiny random Gemma 3 with the real 262k vocabulary and the embedded model's tokenizer: fast CLI runs."""

@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import axjax  # noqa: E402
+from conftest import right_padded_batch  # noqa: E402
 from axjax.methods.activations import layer_activations  # noqa: E402
 from axjax.data.batching import packed_loss_positions  # noqa: E402
 from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly  # noqa: E402
@@ -30,11 +31,8 @@ def setup(tiny_gemma3):
   hf, folder = tiny_gemma3
   lm = axjax.load(folder)
   width = int(LENGTHS.max()) + 3
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(1, lm.config.vocab_size, (len(LENGTHS), width)).astype(np.int32)
+  tokens, mask = right_padded_batch(np.random.default_rng(0), lm.config.vocab_size, LENGTHS, width, PAD)
   t = np.arange(width)[None]
-  mask = t < LENGTHS[:, None]
-  tokens[~mask] = PAD
   rows = np.arange(len(LENGTHS))
   index, valid = packed_loss_positions((t >= PROMPTS[:, None]) & mask, rows[None], np.ones((1, len(rows))))
   acts = layer_activations(lm.params, lm.config, tokens, mask, LAYER)

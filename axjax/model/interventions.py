@@ -1,5 +1,9 @@
 """Interventions on the residual stream: pure functions `(params, h, context) -> h` applied after one layer.
 
+An `Intervention` is one site (a layer and its edit). A multi-site intervention is a tuple of sites at
+increasing layers, with a tuple of parameters, one pytree per site (AxBench's LoReFT edits layers 5, 10, 15
+and 20 of Gemma 2 2B). All sites act at the same positions.
+
 Parameters may carry a leading batch axis so that every row of a batch has its own intervention (steering
 evaluation runs thousands of (concept, factor, prompt) rows this way).
 """
@@ -7,7 +11,7 @@ evaluation runs thousands of (concept, factor, prompt) rows this way).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
 import jax
@@ -33,6 +37,28 @@ class Intervention:
   layer: int
   apply: Callable[[PyTree, Array, InterventionContext], Array]
   name: str = ""
+  width_keys: tuple[str, ...] = ("vector",)  # params whose last axis is the model width (checked on input)
+
+
+Sites = tuple[Intervention, ...]
+
+
+def as_sites(intervention: Intervention | Sequence[Intervention] | None, params: Any) -> tuple[Sites, tuple]:
+  """(sites, per-site params) as tuples: one `Intervention` takes its params as they are, a sequence of sites
+  a sequence of params (one pytree per site)."""
+  if intervention is None:
+    return (), ()
+  if isinstance(intervention, Intervention):
+    return (intervention,), (params,)
+  sites = tuple(intervention)
+  layers = [site.layer for site in sites]
+  if not sites or layers != sorted(set(layers)):
+    raise AxjaxError(f"intervention sites must be at distinct layers in increasing order; got layers {layers}")
+  if not isinstance(params, (tuple, list)) or len(params) != len(sites):
+    got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+    raise AxjaxError(f"{len(sites)} intervention sites need a tuple of {len(sites)} parameter sets, one per "
+                     f"site; got {got}")
+  return sites, tuple(params)
 
 
 def _add_vector(params: PyTree, h: Array, ctx: InterventionContext) -> Array:
@@ -80,9 +106,10 @@ def steering_params(vector: Array, factor: Array | float) -> dict[str, Array]:
   return {"vector": vector, "factor": factor}
 
 
-def check_width(params: PyTree, hidden_size: int) -> None:
-  """Refuses intervention params whose last axis is not the model width (where they have one)."""
+def check_width(params: PyTree, hidden_size: int, keys: tuple[str, ...] = ("vector",)) -> None:
+  """Refuses intervention params named in `keys` whose last axis is not the model width."""
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     shape = getattr(leaf, "shape", ())
-    if len(shape) >= 1 and path and getattr(path[-1], "key", None) == "vector" and shape[-1] != hidden_size:
-      raise AxjaxError(f"intervention vector has width {shape[-1]} but the model's hidden size is {hidden_size}")
+    key = getattr(path[-1], "key", None) if path else None
+    if len(shape) >= 1 and key in keys and shape[-1] != hidden_size:
+      raise AxjaxError(f"intervention {key} has width {shape[-1]} but the model's hidden size is {hidden_size}")

@@ -6,7 +6,7 @@ function of its parameters and can run under `jax.lax.scan` over parameters stac
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from axjax.model.config import GemmaConfig
 
 Array = jax.Array
+OutputDelta = Callable[[Array], Array]  # o_proj's input [B, T, heads * hd] -> a delta of its output [B, T, d]
 
 
 class AttentionFrame(NamedTuple):
@@ -75,14 +76,18 @@ def attention_mask(frame: AttentionFrame, window: Array) -> Array:
 
 
 class Attention(nn.Module):
-  """Grouped-query self-attention with QK-norm, RoPE, logit soft-capping and per-layer sliding windows."""
+  """Grouped-query self-attention with QK-norm, RoPE, logit soft-capping and per-layer sliding windows.
+
+  `o_delta` (LoRA) adds a function of the output projection's input to its output, in the delta's dtype (the
+  sum cast back to the model's, as peft does).
+  """
 
   config: GemmaConfig
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, ctx: LayerContext, cache: LayerCache | None = None
-               ) -> tuple[Array, LayerCache | None]:
+  def __call__(self, x: Array, ctx: LayerContext, cache: LayerCache | None = None,
+               o_delta: OutputDelta | None = None) -> tuple[Array, LayerCache | None]:
     c = self.config
     frame = ctx.frame
     d, h, kv, hd = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
@@ -113,7 +118,10 @@ class Attention(nn.Module):
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, h, hd)
-    return jnp.einsum("btnh,nhd->btd", out, wo), cache
+    y = jnp.einsum("btnh,nhd->btd", out, wo)
+    if o_delta is not None:
+      y = (y + o_delta(out.reshape(b, t, h * hd))).astype(y.dtype)
+    return y, cache
 
 
 class MLP(nn.Module):
@@ -140,10 +148,11 @@ class DecoderBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, ctx: LayerContext, cache: LayerCache | None = None
-               ) -> tuple[Array, LayerCache | None]:
+  def __call__(self, x: Array, ctx: LayerContext, cache: LayerCache | None = None,
+               o_delta: OutputDelta | None = None) -> tuple[Array, LayerCache | None]:
     c = self.config
-    a, cache = Attention(c, self.dtype, name="attn")(RMSNorm(c.rms_norm_eps, name="input_norm")(x), ctx, cache)
+    normed = RMSNorm(c.rms_norm_eps, name="input_norm")(x)
+    a, cache = Attention(c, self.dtype, name="attn")(normed, ctx, cache, o_delta)
     if c.use_post_norms:
       a = RMSNorm(c.rms_norm_eps, name="post_attn_norm")(a)
     x = x + a
