@@ -22,7 +22,7 @@ from axjax.methods import registry
 from axjax.methods.detection_run import check_run, run_detection, summary_table, training_records
 from axjax.steering_eval.report import TRAINING_PLOT, training_loss_plot
 from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache, sweep_points
-from experiments import cli, scale_flags
+from experiments import cli, sae_flags, scale_flags
 
 _MODEL = flags.DEFINE_string("model", axjax.EMBEDDED_MODEL, "HF checkpoint folder, .gguf file or 'gemma-3-270m'.")
 _DATA = flags.DEFINE_string("data", "concept10/prod_2b_l20_v1",
@@ -61,15 +61,16 @@ def main(argv):
   output = _OUTPUT.value or os.path.join("checkpoints", f"detect-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
   model = axjax.load(_MODEL.value, _DTYPE.value)
   model.config.check_layer(_LAYER.value)
+  sae = sae_flags.load(model, methods)
   for name in methods:
     hp = registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
     if name in sweeps:
       sweep_points(registry.method(name), hp, sweeps[name])
   check_run(output, {"model": model.name, "data": _DATA.value, "layer": _LAYER.value, "seed": _SEED.value,
                      "dtype": _DTYPE.value, "max_concepts": _MAX_CONCEPTS.value, "max_examples": _MAX_EXAMPLES.value,
-                     "concept_ids": [c.concept_id for c in data.concepts]})
+                     "concept_ids": [c.concept_id for c in data.concepts], "sae": sae and sae.source})
   cache = ActivationCache(model, data, _LAYER.value, cli.progress_bars(), max_examples=_MAX_EXAMPLES.value,
-                          mesh=mesh)
+                          mesh=mesh, sae=sae)
   reports, _ = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                              dead_latent_remedy=_DEAD_REMEDY.value, sweeps=sweeps, **chunking,
                              imbalance_factor=_IMBALANCE.value, log=cli.say)

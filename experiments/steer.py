@@ -36,7 +36,7 @@ from axjax.steering_eval.instructions import read_instructions
 from axjax.steering_eval.protocol import PROFILES, SteeringProtocol, profile
 from axjax.steering_eval.report import write_report
 from axjax.steering_eval.rows import row_vectors, steering_rows
-from experiments import cli, scale_flags
+from experiments import cli, sae_flags, scale_flags
 
 _PROFILE = flags.DEFINE_enum("profile", "quick", sorted(PROFILES),
                              "quick: 3 concepts, 2 methods, 5 factors, 4 instructions, 128 tokens (CPU minutes); "
@@ -130,6 +130,7 @@ def main(argv):
       "checkpoints", f"steer-{_PROFILE.value}-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
   model = axjax.load(_MODEL.value, _DTYPE.value)
   model.config.check_layer(_LAYER.value)
+  sae = sae_flags.load(model, methods)
   for name in methods:
     registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
   settings = {"model": model.name, "data": _DATA.value, "layer": _LAYER.value, "seed": _SEED.value,
@@ -137,14 +138,14 @@ def main(argv):
               "concept_ids": [c.concept_id for c in data.concepts], "instructions": _INSTRUCTIONS.value,
               "dictionaries": _DICTIONARIES.value,
               "protocol": dataclasses.asdict(protocol),
-              "judge": judge.name}
+              "judge": judge.name, "sae": sae and sae.source}
   reusable = {} if not _DICTIONARIES.value else read_reusable(
       _DICTIONARIES.value, methods, hidden_size=model.config.hidden_size, layer=_LAYER.value, model_name=model.name)
   check_run(output, settings)
   seed_results(output, reusable)
   progress = cli.progress_bars()
 
-  cache = ActivationCache(model, data, _LAYER.value, progress, mesh=mesh)
+  cache = ActivationCache(model, data, _LAYER.value, progress, mesh=mesh, sae=sae)
   reports, dictionaries = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                                        dead_latent_remedy=_DEAD_REMEDY.value, **chunking,
                                        imbalance_factor=100, log=cli.say)

@@ -40,13 +40,17 @@ def assert_same(a: Dictionary, b: Dictionary):
   for name in ("concept_ids", "concept_names", "method", "model_name", "layer", "hyperparameters",
                "format_version", "hidden_size"):
     assert getattr(a, name) == getattr(b, name), name
+  assert sorted(a.extras) == sorted(b.extras)
+  for name in a.extras:
+    assert a.extras[name].dtype == b.extras[name].dtype, name
+    np.testing.assert_array_equal(a.extras[name], b.extras[name], err_msg=name)
 
 
 def test_fields_are_normalised_and_read_only():
   d = make_dictionary()
   assert d.weights.dtype == np.float32 and d.num_concepts == 3 and d.hidden_size == 8
   assert np.isnan(d.thresholds).all() and d.max_activations.tolist() == [0.5, 1.5, 2.5]
-  assert d.format_version == store.FORMAT_VERSION == 1
+  assert d.format_version == store.FORMAT_VERSION == 2 and d.extras == {}
   with pytest.raises(ValueError):
     d.weights[0, 0] = 1.0
   assert d.index_of(11) == 1
@@ -64,7 +68,10 @@ def test_fields_are_normalised_and_read_only():
     (dict(method=""), "method must be a non-empty string"),
     (dict(hyperparameters={"f": float("nan")}), "JSON-serialisable"),
     (dict(hyperparameters={"f": object()}), "JSON-serialisable"),
-    (dict(format_version=2), "format_version 2"),
+    (dict(format_version=3), "format_version 3"),
+    (dict(extras={"steering_vector": np.zeros((2, 8))}), "extra 'steering_vector' has shape (2, 8) but the "
+                                                         "dictionary has 3 concepts"),
+    (dict(extras={"jump_threshold": np.array([0.0, np.inf, 1.0])}), "extra 'jump_threshold' contains NaN"),
 ])
 def test_bad_fields_raise_one_clear_error(changes, message):
   with pytest.raises(DictionaryError) as info:
@@ -139,10 +146,10 @@ def test_load_refuses_missing_foreign_and_newer(tmp_path):
       other, ocp.args.Composite(metadata=ocp.args.JsonSave({"format": "something else"})))
   with pytest.raises(DictionaryError, match="other_checkpoint is not an axjax dictionary"):
     load_dictionary(other)
-  newer = store._metadata(make_dictionary()) | {"format_version": 2}
+  newer = store._metadata(make_dictionary()) | {"format_version": 3}
   ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
       tmp_path / "newer", ocp.args.Composite(metadata=ocp.args.JsonSave(newer)))
-  with pytest.raises(DictionaryError, match="format version 2, newer than the version 1 this axjax reads"):
+  with pytest.raises(DictionaryError, match="format version 3, newer than the version 2 this axjax reads"):
     load_dictionary(tmp_path / "newer")
 
 
@@ -309,3 +316,32 @@ def test_import_without_torch_says_what_to_install(tmp_path, monkeypatch):
   with pytest.raises(DictionaryError, match=r"needs PyTorch, which is not installed \(pip install torch\)"):
     import_axbench_dictionary(tmp_path / "LsReFT_weight.pt", tmp_path / "metadata.jsonl", method="LsReFT",
                               model_name="m", layer=20)
+
+
+def test_extras_round_trip_and_follow_the_concepts(tmp_path):
+  """A method's own arrays (here an SAE feature's decoder row and jump threshold) save, load and select with
+  their concepts, through Orbax and through the scratch .npz; steering then reads the decoder rows."""
+  rng = np.random.default_rng(5)
+  d = make_dictionary().replace(extras={"steering_vector": rng.normal(size=(3, 8)),
+                                        "jump_threshold": np.array([0.5, 1.0, 2.0], np.float32),
+                                        "feature": np.array([7, 3, 11])})
+  save_dictionary(tmp_path / "dict", d)
+  assert_same(load_dictionary(tmp_path / "dict"), d)
+  store.save_dictionary_npz(str(tmp_path / "dict.npz"), d)
+  assert_same(store.load_dictionary_npz(str(tmp_path / "dict.npz")), d)
+  picked = d.select([12, 10])
+  assert picked.extras["feature"].tolist() == [11, 7]
+  np.testing.assert_array_equal(picked.steering_vectors(), d.extras["steering_vector"][[2, 0]])
+  np.testing.assert_array_equal(make_dictionary().steering_vectors(), make_dictionary().weights)
+
+
+def test_a_version_1_dictionary_still_loads(tmp_path):
+  """Dictionaries written before the extras existed (format version 1: no extras in metadata or arrays)."""
+  d = make_dictionary()
+  meta = {k: v for k, v in store._metadata(d).items() if k != "extras"} | {"format_version": 1}
+  arrays = {name: np.asarray(getattr(d, name)) for name in ("weights", "biases", "max_activations", "thresholds")}
+  ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
+      tmp_path / "v1", ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), metadata=ocp.args.JsonSave(meta)))
+  loaded = load_dictionary(tmp_path / "v1")
+  assert loaded.format_version == 1 and loaded.extras == {}
+  np.testing.assert_array_equal(loaded.weights, d.weights)

@@ -2,7 +2,8 @@
 
 Loading needs only numpy and orbax-checkpoint, never the model or training code, so a dictionary opens
 in a bare Colab. On disk a dictionary is an Orbax composite checkpoint with two items:
-`arrays` (weights [C, d], biases, max_activations, thresholds: float32) and `metadata` (JSON).
+`arrays` (weights [C, d], biases, max_activations, thresholds: float32; and `extras`, a method's own arrays
+with a leading concept axis, e.g. an SAE feature's decoder row) and `metadata` (JSON).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
   from axjax.model.config import GemmaConfig
 
 FORMAT = "axjax.dictionary"  # marks the metadata item, so no other checkpoint passes for a dictionary
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the `extras` arrays (a version-1 dictionary has none)
 _ARRAYS = ("weights", "biases", "max_activations", "thresholds")
 
 
@@ -78,6 +79,7 @@ class Dictionary:
   hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
   max_activations: np.ndarray | None = None  # [C]; None means all unknown
   thresholds: np.ndarray | None = None  # [C]; None means all unknown
+  extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # a method's own arrays [C, ...]
   format_version: int = FORMAT_VERSION
 
   def __post_init__(self):
@@ -116,7 +118,8 @@ class Dictionary:
     fields = dict(weights=weights, biases=biases, concept_ids=ids, concept_names=names, layer=int(self.layer),
                   hyperparameters=_json_copy("hyperparameters", self.hyperparameters),
                   max_activations=_vector("max_activations", _or_unknown(self.max_activations, size), size),
-                  thresholds=_vector("thresholds", _or_unknown(self.thresholds, size), size))
+                  thresholds=_vector("thresholds", _or_unknown(self.thresholds, size), size),
+                  extras=_extras(self.extras, size))
     for name, value in fields.items():
       object.__setattr__(self, name, value)
 
@@ -151,7 +154,29 @@ class Dictionary:
     return self.replace(weights=self.weights[index], biases=self.biases[index],
                         concept_ids=tuple(self.concept_ids[i] for i in index),
                         concept_names=tuple(self.concept_names[i] for i in index),
-                        max_activations=self.max_activations[index], thresholds=self.thresholds[index])
+                        max_activations=self.max_activations[index], thresholds=self.thresholds[index],
+                        extras={k: v[index] for k, v in self.extras.items()})
+
+  def steering_vectors(self) -> np.ndarray:
+    """[C, d] what steering adds: the `steering_vector` extra where a method has one (an SAE feature's decoder
+    row, while its detection reads the encoder column), else the weights."""
+    return self.extras.get("steering_vector", self.weights)
+
+
+def _extras(extras: Any, size: int) -> dict[str, np.ndarray]:
+  """`extras` as read-only finite arrays, each with a leading axis of `size` concepts."""
+  if not isinstance(extras, dict) or not all(isinstance(k, str) and k for k in extras):
+    raise DictionaryError("extras must be a dict of named arrays")
+  out = {}
+  for name, value in sorted(extras.items()):
+    array = np.array(value)
+    if array.ndim == 0 or array.shape[0] != size:
+      raise DictionaryError(f"extra {name!r} has shape {array.shape} but the dictionary has {size} concepts")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+      raise DictionaryError(f"extra {name!r} contains NaN or infinite values")
+    array.setflags(write=False)
+    out[name] = array
+  return out
 
 
 def _check_fit(where: str, width: int, trained_layer: int, trained_model: str, *, hidden_size: int | None,
@@ -181,7 +206,13 @@ def _metadata(dictionary: Dictionary) -> dict[str, Any]:
           "model_name": dictionary.model_name, "layer": dictionary.layer,
           "hidden_size": dictionary.hidden_size, "num_concepts": dictionary.num_concepts,
           "concept_ids": list(dictionary.concept_ids), "concept_names": list(dictionary.concept_names),
-          "hyperparameters": dictionary.hyperparameters}
+          "hyperparameters": dictionary.hyperparameters, "extras": sorted(dictionary.extras)}
+
+
+def _saved_arrays(dictionary: Dictionary) -> dict[str, Any]:
+  """The arrays item of a saved dictionary: the four vectors and, where there are any, the extras."""
+  arrays = {name: np.asarray(getattr(dictionary, name)) for name in _ARRAYS}
+  return {**arrays, "extras": dict(dictionary.extras)} if dictionary.extras else arrays
 
 
 def _raw_metadata(path: str) -> dict[str, Any] | None:
@@ -223,8 +254,7 @@ def save_dictionary(path: str | os.PathLike, dictionary: Dictionary, overwrite: 
   processes.on_writer(os.makedirs, staging)
   try:
     new, old = os.path.join(staging, "new"), os.path.join(staging, "old")
-    arrays = {name: np.asarray(getattr(dictionary, name)) for name in _ARRAYS}
-    _checkpointer().save(new, ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+    _checkpointer().save(new, ocp.args.Composite(arrays=ocp.args.StandardSave(_saved_arrays(dictionary)),
                                                  metadata=ocp.args.JsonSave(_metadata(dictionary))))
     processes.on_writer(_commit, new, path, old)
   finally:
@@ -249,23 +279,31 @@ def save_dictionary_npz(path: str, dictionary: Dictionary) -> None:
   form of one concept chunk's results, which a process working on its own chunk writes (Orbax saves need every
   process) and `load_dictionary_npz` reads back."""
   buffer = io.BytesIO()
-  np.savez(buffer, metadata=np.array(json.dumps(_metadata(dictionary))),
-           **{name: np.asarray(getattr(dictionary, name)) for name in _ARRAYS})
+  arrays = _saved_arrays(dictionary)
+  extras = arrays.pop("extras", {})
+  np.savez(buffer, metadata=np.array(json.dumps(_metadata(dictionary))), **arrays,
+           **{f"extras.{k}": v for k, v in extras.items()})
   atomic_files.write_bytes(path, buffer.getvalue())
 
 
 def load_dictionary_npz(path: str) -> Dictionary:
   with np.load(path) as saved:
-    return _from_saved(json.loads(str(saved["metadata"])), {name: saved[name] for name in _ARRAYS}, path)
+    arrays = {name: saved[name] for name in saved.files if name != "metadata" and "." not in name}
+    extras = {name.partition(".")[2]: saved[name] for name in saved.files if name.startswith("extras.")}
+    return _from_saved(json.loads(str(saved["metadata"])), {**arrays, **({"extras": extras} if extras else {})},
+                       path)
 
 
 def _from_saved(meta: dict[str, Any], arrays: dict[str, Any], path: str) -> Dictionary:
   """The Dictionary of saved metadata and arrays, checked against each other."""
-  if set(arrays) != set(_ARRAYS) or np.shape(arrays["weights"]) != (meta["num_concepts"], meta["hidden_size"]):
+  extras = dict(arrays.get("extras", {}))
+  if (set(arrays) - {"extras"} != set(_ARRAYS) or sorted(extras) != meta.get("extras", [])
+      or np.shape(arrays["weights"]) != (meta["num_concepts"], meta["hidden_size"])):
     raise DictionaryError(f"dictionary {path} is corrupt: its arrays do not match its metadata")
   return Dictionary(concept_ids=tuple(meta["concept_ids"]), concept_names=tuple(meta["concept_names"]),
                     method=meta["method"], model_name=meta["model_name"], layer=meta["layer"],
                     hyperparameters=meta["hyperparameters"], format_version=meta["format_version"],
+                    extras={k: np.asarray(v) for k, v in extras.items()},
                     **{name: np.asarray(arrays[name]) for name in _ARRAYS})
 
 

@@ -57,10 +57,12 @@ def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedMode
   stack = lambda field: np.concatenate([np.asarray(getattr(dictionaries[n], field), np.float32) for n in names])
   relu = np.concatenate([np.full(dictionaries[n].num_concepts, method(dictionaries[n].method).relu_score)
                          for n in names])
+  floors = np.concatenate([dictionaries[n].extras.get("jump_threshold", np.zeros(dictionaries[n].num_concepts))
+                           for n in names])  # an SAE feature's JumpReLU threshold; ReLU scores cut at 0
   report = None if progress is None else functools.partial(progress, "detection scores", total=len(ex.tokens))
   scores = example_max_scores(model.params if params is None else params, model.config, ex.tokens,
                               ex.attention_mask, ex.score_mask, layer, stack("weights"), stack("biases"), relu,
-                              progress=report, mesh=mesh)
+                              floors, progress=report, mesh=mesh)
   bounds = np.cumsum([0] + [dictionaries[n].num_concepts for n in names])
   return {n: _report(dictionaries[n], scores[:, bounds[i]:bounds[i + 1]], ex, imbalance_factor)
           for i, n in enumerate(names)}

@@ -160,7 +160,8 @@ def _merge_parts(output_dir: str, parts: list[str], name: str) -> None:
                          biases=np.concatenate([d.biases for d in found]),
                          concept_ids=sum((d.concept_ids for d in found), ()),
                          concept_names=sum((d.concept_names for d in found), ()), max_activations=None,
-                         thresholds=None)
+                         thresholds=None, extras={k: np.concatenate([d.extras[k] for d in found])
+                                                  for k in first.extras})
   save_dictionary(os.path.join(output_dir, "dictionaries", name), merged)
   records = [os.path.join(p, "training", f"{name}.parquet") for p in parts]
   if all(os.path.exists(r) for r in records):
@@ -226,7 +227,7 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
       with processes.on_its_own() if shares > 1 else contextlib.nullcontext():
         part_cache = cache if in_place else ActivationCache(
             cache.model, cache.data, layer, cache.progress, concept_ids=chunk, max_examples=cache.max_examples,
-            mesh=local or cache.mesh)
+            mesh=local or cache.mesh, sae=cache.sae)
         if "binarized" in {example_set(n) for n in todo}:
           part_cache.examples("binarized")  # DiffMean/PCA then take their moments from these: one pass, not two
         for name in todo:

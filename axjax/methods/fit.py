@@ -23,7 +23,7 @@ from axjax.data.axbench_format import AxbenchData
 from axjax.dictionary import Dictionary
 from axjax.errors import AxjaxError
 from axjax.loading.load import LoadedModel
-from axjax.methods import activations, closed_form, objectives, token_moments
+from axjax.methods import activations, closed_form, objectives, sae_methods, token_moments
 from axjax.methods.activations import layer_activations
 from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly
 from axjax.methods.training_checkpoint import EpochCheckpoint
@@ -50,6 +50,7 @@ class ActivationCache:
   concept_ids: tuple[int, ...] | None = None  # train only these concepts (default: all)
   max_examples: int | None = None  # per concept, half positives and half negatives (AxBench's scaling sweep)
   mesh: jax.sharding.Mesh | None = None  # devices that share the work (default: every device, concept axis)
+  sae: Any = None  # the GemmaScope SAE (`sae.Sae`) whose features the SAE methods choose from
   _sets: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
@@ -261,6 +262,7 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
   hp = hyperparameters(spec, config, overrides)
   concepts = _concepts(cache)
   biases = np.zeros(len(concepts), np.float32)
+  extras = {}
   frame = dead = remedied = None
   if spec.name == "Random":
     ids = [c.concept_id for c in concepts]
@@ -284,12 +286,15 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
                            _record_frame(record2, ids[subset], per_epoch).assign(remedy="diffmean")])
         remedied[subset] = True
         dead[subset] = _dead_latents(record2, per_epoch)
+  elif spec.name in sae_methods.SELECTORS:
+    chosen = sae_methods.select_features(spec.name, cache)
+    weights, biases, extras = chosen["weights"], chosen["biases"], chosen["extras"]
   elif spec.name == "LAT":
     weights = _lat(*cache.examples("binarized"), seed)
   else:
     weights = {"DiffMean": token_moments.diffmean, "PCA": token_moments.pca}[spec.name](cache.moments())
   hp = {**hp, "seed": seed, **({"dead_latent_remedy": dead_latent_remedy} if dead is not None else {})}
-  return FitResult(_dictionary(spec.name, cache, weights, biases, hp), frame, dead, remedied)
+  return FitResult(_dictionary(spec.name, cache, weights, biases, hp, extras), frame, dead, remedied)
 
 
 def _concepts(cache: ActivationCache):
@@ -297,11 +302,11 @@ def _concepts(cache: ActivationCache):
 
 
 def _dictionary(name: str, cache: ActivationCache, weights: np.ndarray, biases: np.ndarray,
-                hp: dict[str, Any]) -> Dictionary:
+                hp: dict[str, Any], extras: dict[str, np.ndarray] | None = None) -> Dictionary:
   concepts = _concepts(cache)
   return Dictionary(weights=weights, biases=biases, concept_ids=tuple(c.concept_id for c in concepts),
                     concept_names=tuple(c.name for c in concepts), method=name, model_name=cache.model.name,
-                    layer=cache.layer, hyperparameters=hp)
+                    layer=cache.layer, hyperparameters=hp, extras=extras or {})
 
 
 def sweep_points(spec: MethodSpec, hp: dict[str, Any], grid: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

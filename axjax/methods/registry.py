@@ -1,4 +1,4 @@
-"""The rank-1 methods axjax trains, with AxBench's hyperparameters and detection score for each."""
+"""The rank-1 methods axjax trains or selects, with AxBench's hyperparameters and detection score for each."""
 
 from __future__ import annotations
 
@@ -40,12 +40,16 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
     MethodSpec("SSV", True, True,
                {"batch_size": 6, "n_epochs": 3, "lr": 1e-2, "weight_decay": 0.0},
                {"batch_size": 6, "n_epochs": 3, "lr": 1e-2, "weight_decay": 0.0}),
+    # One GemmaScope SAE feature per concept (--sae_path), chosen on the training data; JumpReLU scores.
+    MethodSpec("SAE-A", False, True, {}, {}),
+    MethodSpec("SAE-MaxDiff", False, True, {}, {}),
 ]}
 # Hyperparameters that name a variant, with their choices. LinearProbe.loss: "axbench" is BCELoss(sigmoid(z))
 # with torch's saturating gradients, "stable" the log-sigmoid form. ReFT-r1.topk_candidates: "axbench" lets
 # copies of a pad token's latent enter the top-k as AxBench's batching does, "real" uses real tokens only.
 CHOICES = {"loss": ("axbench", "stable"), "topk_candidates": ("axbench", "real")}
-ALIASES = {"LsReFT": "ReFT-r1", "ReFT_r1": "ReFT-r1", "Probe": "LinearProbe", "SteeringVector": "SSV"}
+ALIASES = {"LsReFT": "ReFT-r1", "ReFT_r1": "ReFT-r1", "Probe": "LinearProbe", "SteeringVector": "SSV",
+           "GemmaScopeSAEMaxAUC": "SAE-A", "SAE-MaxAUC": "SAE-A", "GemmaScopeSAEMaxDiff": "SAE-MaxDiff"}
 
 
 def method(name: str) -> MethodSpec:

@@ -41,8 +41,8 @@ def steering_magnitude(max_activations: np.ndarray) -> np.ndarray:
 
 
 def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary]) -> tuple[np.ndarray, np.ndarray]:
-  """Each row's unit direction [N, d] as stored in its method's dictionary, and its strength [N] =
-  factor * the concept's `steering_magnitude` (AxBench's rule)."""
+  """Each row's steering vector [N, d] as stored in its method's dictionary (`Dictionary.steering_vectors`),
+  and its strength [N] = factor * the concept's `steering_magnitude` (AxBench's rule)."""
   width = {d.hidden_size for d in dictionaries.values()}
   if len(width) != 1:
     raise AxjaxError(f"the dictionaries to steer with have different widths {sorted(width)}")
@@ -53,6 +53,6 @@ def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary]) -> t
       raise AxjaxError(f"there is no dictionary for method {method!r} to steer with")
     d = dictionaries[method]
     index = np.asarray([d.index_of(int(c)) for c in group["concept_id"]])
-    vectors[group.index] = d.weights[index]
+    vectors[group.index] = d.steering_vectors()[index]
     strengths[group.index] = group["factor"].to_numpy(np.float32) * steering_magnitude(d.max_activations[index])
   return vectors, strengths
