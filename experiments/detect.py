@@ -4,7 +4,9 @@
   python -m experiments.detect --data=conceptFD/prod_2b_l10_v1 --layer=6 --methods=DiffMean,LinearProbe
 
 Writes into --output_dir: dictionaries/<method>/ (Orbax), detection/<method>.json, detection.json (all
-methods), summary.md (AUROC and hard-negative accuracy per concept and method), run.json (the settings), and for gradient-trained methods
+methods), summary.md (AUROC and hard-negative accuracy per concept and method, output-centric descriptions),
+descriptions.json (each direction's promoted tokens and steering effect), run.json (the settings), and for
+gradient-trained methods
 training/<method>.parquet (per concept and step: loss and its parts), training/<method>.json (final loss, dead
 latents) and training_loss.png. Rerunning the same command
 skips methods already finished; a different model, data, layer or seed in the same folder is refused.
@@ -18,6 +20,7 @@ from absl import flags
 import axjax
 from axjax import atomic_files
 from axjax.data.axbench_format import read_axbench
+from axjax.evaluation import descriptions
 from axjax.methods import registry
 from axjax.methods.detection_run import check_run, run_detection, summary_table, training_records
 from axjax.steering_eval.report import TRAINING_PLOT, training_loss_plot
@@ -71,7 +74,7 @@ def main(argv):
                      "concept_ids": [c.concept_id for c in data.concepts], "sae": sae and sae.source})
   cache = ActivationCache(model, data, _LAYER.value, cli.progress_bars(), max_examples=_MAX_EXAMPLES.value,
                           mesh=mesh, sae=sae)
-  reports, _ = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
+  reports, dictionaries = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                              dead_latent_remedy=_DEAD_REMEDY.value, sweeps=sweeps, **chunking,
                              imbalance_factor=_IMBALANCE.value, log=cli.say)
   atomic_files.write_json(os.path.join(output, "detection.json"), reports)
@@ -80,9 +83,12 @@ def main(argv):
   names = {c.concept_id: c.name for c in data.concepts}
   table = summary_table(reports, names)
   hard = summary_table(reports, names, metric="hard-negative macro accuracy")
+  described = descriptions.describe_dictionaries(model, {m: dictionaries[m] for m in methods})
+  descriptions.write_descriptions(output, described)
+  tables = "\n".join(descriptions.markdown_table(d) for d in described)
   atomic_files.write_text(os.path.join(output, "summary.md"),
                           f"# Concept detection: {model.name}, {_DATA.value}, layer {_LAYER.value}\n\nROC AUC\n\n{table}"
-                          f"\nHard-negative macro accuracy\n\n{hard}")
+                          f"\nHard-negative macro accuracy\n\n{hard}\n## Output-centric descriptions\n\n{tables}")
   cli.say(f"\nAUROC ({model.name}, {_DATA.value}, layer {_LAYER.value}); results in {output}\n\n{table}")
 
 

@@ -6,7 +6,8 @@
 
 Writes into --output_dir: run.json, dictionaries/<method>/ and detection/<method>.json (as experiments.detect),
 steering/rows.parquet (what is generated), steering/generations/part-*.parquet (finished batches),
-steering/generations.parquet, steering/ratings.parquet, results.json, report.md and PNG plots. Rerunning the
+steering/generations.parquet, steering/ratings.parquet, results.json, report.md, descriptions.json (output-centric
+descriptions of every dictionary) and PNG plots. Rerunning the
 same command resumes: finished methods, batches and judge replies (cached on disk) are not redone.
 """
 
@@ -22,6 +23,7 @@ import pandas as pd
 import axjax
 from axjax import atomic_files, processes
 from axjax.data.axbench_format import read_axbench
+from axjax.evaluation import descriptions
 from axjax.errors import AxjaxError
 from axjax.judges.base import ASPECTS, Judge, RatingRequest
 from axjax.judges.local_judge import LocalJudge
@@ -175,7 +177,8 @@ def main(argv):
                              table[["row_id"] + [f"{a}_rating" for a in ASPECTS]].assign(judge=judge.name))
   results = write_report(output, table, judge_name=judge.name, judge_is_proxy=judge.is_proxy,
                          judge_usage=judge.usage(), baseline=baseline, detection=reports, settings=settings,
-                         training=training_records(output, methods))
+                         training=training_records(output, methods),
+                         described=descriptions.describe_dictionaries(model, dictionaries))
   cli.say(_summary_lines(results, output))
 
 

@@ -32,6 +32,12 @@ def test_detect_trains_evaluates_and_resumes(tiny_with_tokenizer, tmp_path):
   dictionary = axjax.load_dictionary(os.path.join(out, "dictionaries", "DiffMean"), layer=1)
   assert dictionary.weights.shape == (2, 64) and np.isfinite(dictionary.max_activations).all()
   assert "| **mean** |" in open(os.path.join(out, "summary.md")).read()
+  described = json.load(open(os.path.join(out, "descriptions.json")))
+  assert [d["method"] for d in described] == ["DiffMean", "Random"]
+  for entry in described:
+    assert [c["concept_id"] for c in entry["concepts"]] == [0, 1]
+    assert all(len(c[key]) == 10 for c in entry["concepts"] for key in ("promoted", "steering_raises"))
+  assert "### DiffMean (layer 1)" in open(os.path.join(out, "summary.md")).read()
 
   before = os.path.getmtime(os.path.join(out, "detection", "DiffMean.json"))
   second = detect(*common, "--methods=DiffMean,Random,PCA")

@@ -50,8 +50,9 @@ def test_killed_run_resumes_to_identical_results(tiny_with_tokenizer, tmp_path):
     table = rows.merge(pd.read_parquet(tmp_path / "whole" / "steering" / "generations.parquet"), on="row_id")
     distinct = {p for r in table.itertuples() for p in prompts(RatingRequest(r.concept, r.instruction, r.generation))}
     assert len(rows) == 2 * 2 * 2 * 4 and calls_whole == len(distinct)  # each distinct rubric prompt asked once
-    for name in ("report.md", "results.json", "steering_factors.png", "detection_roc.png"):
+    for name in ("report.md", "results.json", "steering_factors.png", "detection_roc.png", "descriptions.json"):
       assert (tmp_path / "whole" / name).exists(), name
+    assert "## Output-centric descriptions" in (tmp_path / "whole" / "report.md").read_text()
 
     out, cache = tmp_path / "killed", tmp_path / "killed.sqlite"
     process = subprocess.Popen(command(tiny_with_tokenizer, out, server.url, cache), cwd=REPO, env=environment(),

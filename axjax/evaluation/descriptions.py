@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import chex
 import jax
@@ -30,6 +30,7 @@ from axjax.loading.load import LoadedModel
 from axjax.model.config import GemmaConfig
 from axjax.model.interventions import steering, steering_params
 from axjax.model.transformer import forward
+from axjax.steering_eval.rows import steering_magnitude
 
 # Plain-text openings (after BOS, no chat turn) that favour no topic: the steering view measures how a concept
 # moves the next token away from an ordinary continuation, so the prompts should invite many continuations.
@@ -182,8 +183,9 @@ def describe(model: LoadedModel, dictionary: Dictionary, strength: Any, *, k: in
     raise AxjaxError("the steering description needs at least one prompt")
   tok = model.tokenizer
   ids, mask = left_pad(encode_prompts(tok, prompts, chat=False), tok.pad_token_id or 0, bucket=8)
-  promoted, suppressed = vocabulary_projection(model.params, model.config, dictionary.weights, k)
-  raises, lowers = steering_effects(model.params, model.config, dictionary.weights, dictionary.layer, strength,
+  vectors = dictionary.steering_vectors()  # what steering adds (an SAE feature's decoder row, not its encoder)
+  promoted, suppressed = vocabulary_projection(model.params, model.config, vectors, k)
+  raises, lowers = steering_effects(model.params, model.config, vectors, dictionary.layer, strength,
                                     ids, mask, k, rows_per_batch)
   strengths = np.broadcast_to(np.asarray(strength, np.float32), (dictionary.num_concepts,))
   concepts = [{"concept_id": cid, "concept": name, "strength": float(strengths[row]),
@@ -192,6 +194,12 @@ def describe(model: LoadedModel, dictionary: Dictionary, strength: Any, *, k: in
               for row, (cid, name) in enumerate(zip(dictionary.concept_ids, dictionary.concept_names))]
   return {"method": dictionary.method, "model": dictionary.model_name, "layer": dictionary.layer,
           "prompts": list(prompts), "concepts": concepts}
+
+
+def describe_dictionaries(model: LoadedModel, dictionaries: Mapping[str, Dictionary]) -> list[dict[str, Any]]:
+  """`describe` of every dictionary, each concept steered at factor 1 of AxBench's strength rule (its max
+  activation: `steering_magnitude`), the middle of AxBench's factor range."""
+  return [describe(model, d, steering_magnitude(d.max_activations)) for d in dictionaries.values()]
 
 
 def write_descriptions(output_dir: str, descriptions: Sequence[dict[str, Any]]) -> str:
@@ -208,7 +216,7 @@ def _tokens(entries: list[dict[str, Any]], count: int) -> str:
 
 def markdown_table(description: dict[str, Any], tokens: int = 5) -> str:
   """A Markdown section for a report: one row per concept, the first `tokens` tokens of each list."""
-  lines = [f"#### Output-centric descriptions: {description['method']} (layer {description['layer']})", "",
+  lines = [f"### {description['method']} (layer {description['layer']})", "",
            "| concept | promoted (logit lens) | suppressed (logit lens) | raised by steering | lowered by steering |",
            "|---|---|---|---|---|"]
   for c in description["concepts"]:

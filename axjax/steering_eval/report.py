@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from axjax import atomic_files
+from axjax.evaluation import descriptions
 from axjax.errors import AxjaxError
 from axjax.steering_eval import scores
 
@@ -31,11 +32,13 @@ PANELS = (("score", "Overall (harmonic mean)"), ("concept_rating", "Concept"),
 
 def write_report(output_dir: str, df: pd.DataFrame, *, judge_name: str, judge_is_proxy: bool,
                  judge_usage: dict, baseline: str | None, detection: dict[str, dict] | None,
-                 settings: dict, training: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+                 settings: dict, training: dict[str, pd.DataFrame] | None = None,
+                 described: list[dict] | None = None) -> dict[str, Any]:
   """Scores `df` as AxBench does and writes results.json, report.md and plots into output_dir; returns results.json.
 
   `detection` maps a method to its detection_report output and adds an AUROC table and ROC plot; `training`
-  maps a gradient-trained method to its training record and adds loss curves.
+  maps a gradient-trained method to its training record and adds loss curves; `described` (descriptions'
+  `describe` outputs) adds the output-centric description tables and descriptions.json.
   """
   curves = scores.factor_curves(df)
   selection = scores.select_factors(df)
@@ -57,8 +60,10 @@ def write_report(output_dir: str, df: pd.DataFrame, *, judge_name: str, judge_is
       "heldout": _records(heldout),
       "factor_curves": _records(mean_curves),
       "detection": aurocs,
-      "files": [RESULTS, REPORT, *plots],
+      "files": [RESULTS, REPORT, *plots, *([descriptions.FILE] if described else [])],
   }
+  if described:
+    descriptions.write_descriptions(output_dir, described)
   if FACTOR_PLOT in plots:
     atomic_files.write_bytes(os.path.join(output_dir, FACTOR_PLOT),
                              _factor_plot(mean_curves, summary, baseline, judge_is_proxy))
@@ -66,13 +71,14 @@ def write_report(output_dir: str, df: pd.DataFrame, *, judge_name: str, judge_is
     atomic_files.write_bytes(os.path.join(output_dir, ROC_PLOT), _roc_plot(detection, aurocs))
   if TRAINING_PLOT in plots:
     atomic_files.write_bytes(os.path.join(output_dir, TRAINING_PLOT), training_loss_plot(training))
-  atomic_files.write_text(os.path.join(output_dir, REPORT), _markdown(results))
+  atomic_files.write_text(os.path.join(output_dir, REPORT), _markdown(results, described or []))
   atomic_files.write_json(os.path.join(output_dir, RESULTS), results)
   return results
 
 
-def _markdown(results: dict[str, Any]) -> str:
-  """report.md: judge, the Table 2-style summary, per-concept scores and factors, detection AUROC and plots."""
+def _markdown(results: dict[str, Any], described: list[dict]) -> str:
+  """report.md: judge, the Table 2-style summary, per-concept scores and factors, detection AUROC, output-centric
+  descriptions and plots."""
   judge, proxy = results["judge"], results["judge"]["is_proxy"]
   tag = " — offline proxy judge, not comparable to the paper" if proxy else ""
   usage = ", ".join(f"{name} {value}" for name, value in judge["usage"].items()) or "none recorded"
@@ -97,6 +103,10 @@ def _markdown(results: dict[str, Any]) -> str:
                                                                                  "g"))
   if results["detection"] is not None:
     lines += _detection_tables(results["detection"], concepts)
+  if described:
+    lines += ["## Output-centric descriptions", "", "Each concept's vector read through the unembedding (logit lens) "
+              "and added at its max activation after neutral prompts (`descriptions.json` has every token).", ""]
+    lines += [descriptions.markdown_table(d) for d in described]
   plots = [name for name in results["files"] if name.endswith(".png")]
   if plots:
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
