@@ -59,12 +59,13 @@ def main(argv):
   chunking, mesh = scale_flags.chunking(), scale_flags.mesh()
   methods = [registry.method(m).name for m in _METHODS.value]
   overrides = registry.parse_overrides(_HPARAMS.value, methods)
+  sae_flags.check(methods)
   sweeps = registry.parse_sweeps(_SWEEP.value, methods)
   data = read_axbench(_DATA.value, max_concepts=_MAX_CONCEPTS.value)  # validated before any model work
   output = _OUTPUT.value or os.path.join("checkpoints", f"detect-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
   model = axjax.load(_MODEL.value, _DTYPE.value)
   model.config.check_layer(_LAYER.value)
-  sae = sae_flags.load(model, methods)
+  sae = sae_flags.load(model)
   for name in methods:
     hp = registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
     if name in sweeps:

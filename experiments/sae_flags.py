@@ -16,15 +16,18 @@ _SAE_PATH = flags.DEFINE_string(
     "concept.")
 
 
-def load(model: LoadedModel, methods: Sequence[str]) -> sae.Sae | None:
-  """The --sae_path SAE, checked against the model, when an SAE method runs; refuses a path no method reads."""
+def check(methods: Sequence[str]) -> None:
+  """Refuses an SAE method without --sae_path, or --sae_path with no method to read it (before any model work)."""
   wanted = [m for m in methods if m in sae_methods.SELECTORS]
-  if _SAE_PATH.value is None:
-    if wanted:
-      raise AxjaxError(f"{wanted[0]} selects features of a GemmaScope SAE: pass --sae_path (its params.npz or "
-                       ".safetensors for this model and layer)")
-    return None
-  if not wanted:
+  if _SAE_PATH.value is None and wanted:
+    raise AxjaxError(f"{wanted[0]} selects features of a GemmaScope SAE: pass --sae_path (its params.npz or "
+                     ".safetensors for this model and layer)")
+  if _SAE_PATH.value is not None and not wanted:
     raise AxjaxError(f"--sae_path is given but no method reads it: add {' or '.join(sae_methods.SELECTORS)} to "
                      "--methods")
-  return sae.load_sae(_SAE_PATH.value, model.config.hidden_size, model_name=model.name)
+
+
+def load(model: LoadedModel) -> sae.Sae | None:
+  """The --sae_path SAE checked against the model (width, and the model it names), or None without the flag."""
+  return None if _SAE_PATH.value is None else sae.load_sae(_SAE_PATH.value, model.config.hidden_size,
+                                                           model_name=model.name)

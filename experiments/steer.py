@@ -118,6 +118,7 @@ def main(argv):
   chunking, mesh = scale_flags.chunking(), scale_flags.mesh()
   methods = [registry.method(m).name for m in (_METHODS.value or prof.methods)]
   overrides = registry.parse_overrides(_HPARAMS.value, methods)
+  sae_flags.check(methods)
   baseline = _BASELINE.value or methods[0]
   if baseline not in methods:
     raise AxjaxError(f"--baseline {baseline} is not among --methods {methods}")
@@ -132,7 +133,7 @@ def main(argv):
       "checkpoints", f"steer-{_PROFILE.value}-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
   model = axjax.load(_MODEL.value, _DTYPE.value)
   model.config.check_layer(_LAYER.value)
-  sae = sae_flags.load(model, methods)
+  sae = sae_flags.load(model)
   for name in methods:
     registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
   settings = {"model": model.name, "data": _DATA.value, "layer": _LAYER.value, "seed": _SEED.value,

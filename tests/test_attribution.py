@@ -104,7 +104,7 @@ def test_input_x_gradient_matches_torch(setup):
 
 def test_integrated_gradients_match_a_torch_loop_over_steps(setup):
   hf, lm, tokens, mask, heads = setup
-  ig = attribution.IGConfig(steps=50, step_chunk=10)
+  ig = attribution.IGConfig(steps=8, step_chunk=2)  # AxBench's 50 steps run the same code, only longer
   ids = attribution.baseline_token_ids(lm.config, ig)
   assert ids.shape == (min(lm.config.vocab_size, 1000),)
   base = hf.model.embed_tokens.weight.detach()[torch.tensor(ids, dtype=torch.long)].mean(0)
@@ -120,8 +120,8 @@ def test_integrated_gradients_match_a_torch_loop_over_steps(setup):
   assert_close(attr, ref_attr)
   assert_close(attribution.token_scores(attr), np.abs(ref_attr).sum(-1))
   coarse = attribution.integrated_gradients(lm.params, lm.config, LAYER, heads, CONCEPT_OF_ROW, tokens, mask,
-                                            attribution.IGConfig(steps=50, step_chunk=25))[0]
-  assert_close(coarse, attr, 1e-6)  # the chunking changes nothing
+                                            attribution.IGConfig(steps=8, step_chunk=8))[0]
+  assert_close(coarse, attr, 1e-5)  # the chunking changes nothing (but the order of float sums)
 
 
 def torch_loss(heads, c, states, labels):

@@ -235,7 +235,7 @@ print(json.dumps({{"names": list(d.concept_names), "weights": d.weights.tolist()
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert out["names"] == ["concept 0", "concept 1", "concept 2"]
   np.testing.assert_array_equal(np.float32(out["weights"]), make_dictionary().weights)
-  assert out["modules"] == ["axjax", "axjax.dictionary", "axjax.dictionary.axbench_import",
+  assert out["modules"] == ["axjax", "axjax.atomic_files", "axjax.dictionary", "axjax.dictionary.axbench_import",
                             "axjax.dictionary.store", "axjax.errors", "axjax.processes"]  # processes: jax only
 
 

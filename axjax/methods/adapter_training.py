@@ -14,12 +14,13 @@ batch closing a shorter group; the linear schedule decays over n_epochs * max(1,
 steps (an undercount when they do not split evenly: the rate then stays 0, as in AxBench). LoReFT runs
 backward BEFORE dividing by the accumulation count, so its step uses the SUM of the batches' gradients
 (`accumulate="sum"`) and clips it to norm 1; LoRA divides first (`"mean"`: every batch's loss over the count,
-even in a shorter group) and does not clip. Both: AdamW (0.9, 0.999, 1e-8), no warmup.
+even in a shorter group) and does not clip (`max_grad_norm`). Both: AdamW (0.9, 0.999, 1e-8), no warmup.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from typing import Any, Callable
@@ -36,7 +37,7 @@ from axjax.errors import AxjaxError
 from axjax.loading.load import LoadedModel
 from axjax.methods.closed_form import concept_keys
 from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly
-from axjax.methods.objectives import UpperModel
+from axjax.methods.objectives import MEMORY_LADDER, UpperModel
 from axjax.methods.registry import MethodSpec, hyperparameters
 from axjax.methods.training_checkpoint import EpochCheckpoint
 from axjax.model.adapters import Lora, first_last_mask, init_lora_params, init_loreft_params, loreft
@@ -48,22 +49,21 @@ PyTree = Any
 _SHARED = {"n_epochs": 24, "weight_decay": 0.0, "low_rank_dimension": 4, "layers": "auto"}
 # AxBench's sweeps (axbench/sweep/wuzhengx/{2b,9b}/*/{loreft,lora}.yaml); "large" is 9B (its L31 LoRA run uses
 # batch 9 x accumulation 4, the same 36 rows per step). `layers`: "auto" (`default_layers`) or e.g. "5+10+15+20".
+# `max_grad_norm`: each concept's gradient clipped to this global norm (0: no clipping), as reft.py / lora.py.
 SPECS = {
     "LoReFT": MethodSpec("LoReFT", True, False,
                          {**_SHARED, "batch_size": 18, "gradient_accumulation_steps": 2, "lr": 9e-4,
-                          "positions": "f5+l5", "accumulate": "sum"},
+                          "positions": "f5+l5", "accumulate": "sum", "max_grad_norm": 1.0},
                          {**_SHARED, "batch_size": 9, "gradient_accumulation_steps": 4, "lr": 4e-4,
-                          "positions": "f5+l5", "accumulate": "sum"}),
+                          "positions": "f5+l5", "accumulate": "sum", "max_grad_norm": 1.0}),
     "LoRA": MethodSpec("LoRA", True, False,
                        {**_SHARED, "batch_size": 18, "gradient_accumulation_steps": 2, "lr": 9e-4,
-                        "lora_alpha": 32.0, "dropout": 0.05, "accumulate": "mean"},
+                        "lora_alpha": 32.0, "dropout": 0.05, "accumulate": "mean", "max_grad_norm": 0.0},
                        {**_SHARED, "batch_size": 18, "gradient_accumulation_steps": 2, "lr": 5e-3,
-                        "lora_alpha": 32.0, "dropout": 0.05, "accumulate": "mean"}),
+                        "lora_alpha": 32.0, "dropout": 0.05, "accumulate": "mean", "max_grad_norm": 0.0}),
 }
 ACCUMULATE = ("sum", "mean")
 _2B_LAYERS, _9B_LAYERS = (5, 10, 15, 20), (12, 20, 31, 39)  # of Gemma 2's 26 and 42 layers
-# (remat, vocabulary chunk) of the step, fastest first: train_jointly takes the first that fits the budget.
-MEMORY_LADDER = ((False, 16_384), (True, 16_384), (True, 4_096), (True, 1_024))
 
 
 def default_layers(num_layers: int) -> tuple[int, ...]:
@@ -121,12 +121,7 @@ class Adapters:
 
   def init(self, config: GemmaConfig, keys: Array) -> dict[str, Array]:
     """A stack [C, ...] initialised as pyreft/peft do (`init_loreft_params`, `init_lora_params`), one key each."""
-    def one(key):
-      if self.kind == "LoRA":
-        return init_lora_params(config, Lora(self.layers), key, self.rank)
-      sites = [init_loreft_params(config, k, self.rank) for k in jax.random.split(key, len(self.layers))]
-      return jax.tree.map(lambda *x: jnp.stack(x), *sites)
-    return jax.vmap(one)(keys)
+    return _init_stack(self, config, keys)
 
   def edits(self, params: PyTree, batched: bool) -> dict[str, Any]:
     """`run_above`/`generate_tokens` keyword arguments applying one concept's params (`batched`: one per row)."""
@@ -137,6 +132,16 @@ class Adapters:
             "intervention_params": tuple(site(i) for i in range(len(self.layers)))}
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_stack(adapters: Adapters, config: GemmaConfig, keys: Array) -> dict[str, Array]:
+  def one(key):
+    if adapters.kind == "LoRA":
+      return init_lora_params(config, Lora(adapters.layers), key, adapters.rank)
+    sites = [init_loreft_params(config, k, adapters.rank) for k in jax.random.split(key, len(adapters.layers))]
+    return jax.tree.map(lambda *x: jnp.stack(x), *sites)
+  return jax.vmap(one)(keys)
+
+
 def adapter_hyperparameters(kind: str, config: GemmaConfig, overrides: dict[str, Any] | None = None
                             ) -> dict[str, Any]:
   """AxBench's defaults for the model's size class, then the overrides (checked)."""
@@ -145,8 +150,9 @@ def adapter_hyperparameters(kind: str, config: GemmaConfig, overrides: dict[str,
   hp = hyperparameters(SPECS[kind], config, overrides)
   if hp["accumulate"] not in ACCUMULATE:
     raise AxjaxError(f"{kind}.accumulate must be one of {', '.join(ACCUMULATE)}, not {hp['accumulate']!r}")
-  if min(hp["batch_size"], hp["gradient_accumulation_steps"], hp["n_epochs"]) < 1:
-    raise AxjaxError(f"{kind} batch_size, gradient_accumulation_steps and n_epochs must be at least 1")
+  if min(hp["batch_size"], hp["gradient_accumulation_steps"], hp["n_epochs"]) < 1 or hp["max_grad_norm"] < 0:
+    raise AxjaxError(f"{kind} batch_size, gradient_accumulation_steps and n_epochs must be at least 1 and "
+                     "max_grad_norm at least 0")
   return hp
 
 
@@ -233,32 +239,24 @@ def step_plan(row_valid: np.ndarray, concept_ids: np.ndarray, hp: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainedAdapters:
-  """Every concept's trained adapter and how training went."""
+class TrainingSetup:
+  """One joint training run, ready for `train_jointly` (built by `prepare_training`)."""
 
   adapters: Adapters
-  params: dict[str, np.ndarray]  # the stack [C, ...], concepts in `concept_ids` order
-  concept_ids: np.ndarray  # [C]
-  record: dict[str, np.ndarray]  # "loss" (the optimised sum or mean) and "lm": [steps, C]; NaN on skipped steps
-  steps_per_epoch: int
   hyperparameters: dict[str, Any]
+  concept_ids: np.ndarray  # [C]
+  init: dict[str, Array]  # the stack [C, ...] training starts from
+  arrays: dict[str, np.ndarray]  # per shared example row [U, ...]: acts, mask, tokens (LoReFT: positions)
+  batches: list[StepBatch]  # per optimizer step: rows [C, A * B], weights, packed output positions [C, A, W]
+  objectives: tuple[AdapterObjective, ...]  # equal objectives, fastest first (MEMORY_LADDER)
+  optim: OptimConfig
+  steps_per_epoch: int
 
 
-def train_adapters(kind: str, model: LoadedModel, examples: LMExamples, acts: np.ndarray, *,
-                   overrides: dict[str, Any] | None = None, seed: int = 0, subset: np.ndarray | None = None,
-                   init: dict[str, Any] | None = None, mesh: jax.sharding.Mesh | None = None,
-                   progress: Callable[[int, int], None] | None = None,
-                   checkpoint_dir: str | None = None) -> TrainedAdapters:
-  """Trains `kind` ("LoReFT" or "LoRA") for the concepts at positions `subset` of `examples` (default all)
-  jointly, on each concept's positive rows.
-
-  `examples`: `lm_examples` of the positives (AxBench's `binarize_dataset=False`, `train_on_negative=False`);
-  `acts` [U, T, d]: their residual stream after layer `adapters_from(...).after` (`layer_activations`).
-  `init`: a stack to start from instead of pyreft's/peft's initialisation (keyed by seed and concept id).
-  LoRA's dropout keys come from (seed, concept id, step). With `checkpoint_dir`, the state is saved every
-  epoch and a rerun resumes (`EpochCheckpoint`). `progress(done, total)` follows the optimizer steps.
-  """
-  config = model.config
+def prepare_training(kind: str, config: GemmaConfig, examples: LMExamples, acts: np.ndarray, *,
+                     overrides: dict[str, Any] | None = None, seed: int = 0, subset: np.ndarray | None = None,
+                     init: dict[str, Any] | None = None, mesh: jax.sharding.Mesh | None = None) -> TrainingSetup:
+  """The training run of `train_adapters` (same arguments), checked, without running it."""
   hp = adapter_hyperparameters(kind, config, overrides)
   adapters = adapters_from(kind, config, hp)
   if acts.shape != (*examples.tokens.shape, config.hidden_size):
@@ -296,16 +294,53 @@ def train_adapters(kind: str, model: LoadedModel, examples: LMExamples, acts: np
   groups = mesh.shape[sharding.CONCEPTS]
   pooled = batching.pooled_rows([s.extra["loss_valid"].reshape(c * a, width) for s in batches],
                                 sharding.concept_multiple(mesh, c) * a, groups)
-  losses = [AdapterObjective(adapters, UpperModel(config, config.num_layers - 1, False, pooled, groups, chunk),
-                             a, hp["accumulate"] == "sum", remat) for remat, chunk in MEMORY_LADDER]
+  objectives = tuple(AdapterObjective(adapters, UpperModel(config, config.num_layers - 1, False, pooled, groups,
+                                                           chunk), a, hp["accumulate"] == "sum", remat)
+                     for remat, chunk in MEMORY_LADDER)
   optim = OptimConfig(lr=hp["lr"], total_steps=schedule, weight_decay=hp["weight_decay"],
-                      clip_norm=1.0 if kind == "LoReFT" else None)
+                      clip_norm=hp["max_grad_norm"] or None)
+  return TrainingSetup(adapters, hp, concept_ids, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), stack),
+                       arrays, batches, objectives, optim, per_epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedAdapters:
+  """Every concept's trained adapter and how training went."""
+
+  adapters: Adapters
+  params: dict[str, np.ndarray]  # the stack [C, ...], concepts in `concept_ids` order
+  concept_ids: np.ndarray  # [C]
+  record: dict[str, np.ndarray]  # "loss" (the optimised sum or mean) and "lm": [steps, C]; NaN on skipped steps
+  steps_per_epoch: int
+  hyperparameters: dict[str, Any]
+
+
+def train_adapters(kind: str, model: LoadedModel, examples: LMExamples, acts: np.ndarray, *,
+                   overrides: dict[str, Any] | None = None, seed: int = 0, subset: np.ndarray | None = None,
+                   init: dict[str, Any] | None = None, mesh: jax.sharding.Mesh | None = None,
+                   progress: Callable[[int, int], None] | None = None,
+                   checkpoint_dir: str | None = None) -> TrainedAdapters:
+  """Trains `kind` ("LoReFT" or "LoRA") for the concepts at positions `subset` of `examples` (default all)
+  jointly, on each concept's positive rows.
+
+  `examples`: `lm_examples` of the positives (AxBench's `binarize_dataset=False`, `train_on_negative=False`);
+  `acts` [U, T, d]: their residual stream after layer `adapters_from(...).after` (`layer_activations`).
+  `init`: a stack to start from instead of pyreft's/peft's initialisation (keyed by seed and concept id).
+  LoRA's dropout keys come from (seed, concept id, step). With `checkpoint_dir`, the state is saved every
+  epoch and a rerun resumes (`EpochCheckpoint`). `progress(done, total)` follows the optimizer steps.
+  """
+  mesh = mesh or sharding.make_mesh()
+  setup = prepare_training(kind, model.config, examples, acts, overrides=overrides, seed=seed, subset=subset,
+                           init=init, mesh=mesh)
   checkpoint = None
   if checkpoint_dir is not None:
-    settings = {**hp, "kind": kind, "seed": seed, "concept_ids": concept_ids.tolist(), "custom_init": init is not None}
-    checkpoint = EpochCheckpoint(checkpoint_dir, per_epoch, json.loads(json.dumps(settings)))
-  report = None if progress is None else (lambda step, _: progress(step + 1, len(batches)))
-  params, record = train_jointly(optim, losses, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), stack),
-                                 {k: jnp.asarray(v) for k, v in arrays.items()}, batches, frozen=model.params,
-                                 progress=report, checkpoint=checkpoint, mesh=mesh)
-  return TrainedAdapters(adapters, {k: np.asarray(v) for k, v in params.items()}, concept_ids, record, per_epoch, hp)
+    settings = {**setup.hyperparameters, "kind": kind, "seed": seed, "concept_ids": setup.concept_ids.tolist(),
+                "custom_init": init is not None}
+    checkpoint = EpochCheckpoint(checkpoint_dir, setup.steps_per_epoch, json.loads(json.dumps(settings)))
+  total = len(setup.batches)
+  report = None if progress is None else (lambda step, _: progress(step + 1, total))
+  params, record = train_jointly(setup.optim, setup.objectives, setup.init,
+                                 {k: jnp.asarray(v) for k, v in setup.arrays.items()}, setup.batches,
+                                 frozen=model.params, progress=report, checkpoint=checkpoint, mesh=mesh)
+  return TrainedAdapters(setup.adapters, {k: np.asarray(v) for k, v in params.items()}, setup.concept_ids, record,
+                         setup.steps_per_epoch, setup.hyperparameters)

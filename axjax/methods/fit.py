@@ -32,10 +32,7 @@ from axjax.methods.registry import MethodSpec, hyperparameters, method
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 _CONCEPT_CHUNK = 4  # concepts whose gathered token activations LAT holds at once
 _MOMENT_ROWS = 16  # example rows per batch of the moments pass
-# The ReFT-r1/SSV step's (remat, vocabulary chunk), fastest first: train_jointly takes the first whose compiled
-# step fits the memory budget. Keeping the upper layers' activations for the backward pass saves a forward;
-# recomputing them, then smaller [rows, chunk] logits of the output layer, save memory.
-MEMORY_LADDER = ((False, 16_384), (True, 16_384), (True, 4_096), (True, 1_024))
+MEMORY_LADDER = objectives.MEMORY_LADDER  # the ReFT-r1/SSV step's (remat, vocabulary chunk), fastest first
 DEAD_LATENT_REMEDIES = ("none", "diffmean")
 
 

@@ -14,6 +14,11 @@ from axjax.model.config import GemmaConfig
 from axjax.model.lm_loss import token_nll
 from axjax.model.transformer import frame_from_mask, layer_slice, run_layers
 
+# An LM-loss step's (remat, vocabulary chunk), fastest first: train_jointly takes the first whose compiled step
+# fits the memory budget. Keeping the upper layers' activations for the backward pass saves a forward;
+# recomputing them, then smaller [rows, chunk] logits of the output layer, save memory.
+MEMORY_LADDER = ((False, 16_384), (True, 16_384), (True, 4_096), (True, 1_024))
+
 Array = jax.Array
 
 
