@@ -97,7 +97,7 @@ def test_two_processes_give_the_results_of_one(tiny_with_tokenizer, tmp_path):
   whole = json.loads((tmp_path / "one" / "rows-0.json").read_text())
   assert counts[0]["activations (lm_positive)"] + counts[1]["activations (lm_positive)"] == \
       whole["activations (lm_positive)"]
-  assert all(0 < c["activations (lm_all)"] < whole["activations (lm_all)"] for c in counts)
+  assert all(0 < c["activations (binarized)"] < whole["activations (binarized)"] for c in counts)
   # Process 0 wrote each shared file once and left no staging folder behind.
   assert not [p for p in os.listdir(tmp_path / "two" / "detect" / "dictionaries") if p.startswith(".")]
 

@@ -14,7 +14,7 @@ from axjax.model.adapters import Lora, first_last_mask, init_loreft_params, init
 from axjax.model.transformer import Edits, Segment, run_above, unembed
 from conftest import padded_batch
 
-GREEDY = SamplingConfig(max_new_tokens=10, temperature=0.0)
+GREEDY = SamplingConfig(max_new_tokens=5, temperature=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 import axjax
 from axjax.data.axbench_format import read_axbench
 from axjax.data.examples import latent_eval_examples
-from axjax.methods.activations import layer_activations
 from axjax.methods.fit import ActivationCache, fit_method
 from axjax.methods.scoring import token_scores
 from tests.test_detect_cli import detect
@@ -63,7 +62,8 @@ def test_sae_methods_find_the_planted_features(planted_sae, tiny_with_tokenizer,
   assert result.returncode == 0, result.stderr[-2000:]
   assert set(json.load(open(os.path.join(out, "detection.json")))) == {"SAE-A", "SAE-MaxDiff"}
   ex = latent_eval_examples(data, model.tokenizer)
-  acts = layer_activations(model.params, model.config, ex.tokens, ex.attention_mask, LAYER).astype(np.float64)
+  acts = np.asarray(axjax.forward(model.params, model.config, ex.tokens, ex.attention_mask,
+                                 stop_after_layer=LAYER).hidden, np.float64)
   for name in ("SAE-A", "SAE-MaxDiff"):
     d = axjax.load_dictionary(os.path.join(out, "dictionaries", name), layer=LAYER)
     features = list(PLANTED)
