@@ -20,8 +20,7 @@ def check(methods: Sequence[str]) -> None:
   """Refuses an SAE method without --sae_path, or --sae_path with no method to read it (before any model work)."""
   wanted = [m for m in methods if m in sae_methods.SELECTORS]
   if _SAE_PATH.value is None and wanted:
-    raise AxjaxError(f"{wanted[0]} selects features of a GemmaScope SAE: pass --sae_path (its params.npz or "
-                     ".safetensors for this model and layer)")
+    raise sae_methods.missing_sae(wanted[0])
   if _SAE_PATH.value is not None and not wanted:
     raise AxjaxError(f"--sae_path is given but no method reads it: add {' or '.join(sae_methods.SELECTORS)} to "
                      "--methods")

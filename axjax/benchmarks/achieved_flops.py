@@ -420,7 +420,7 @@ def reft_setup(model_params, config: GemmaConfig, ex, acts: np.ndarray, layer: i
   losses = [objectives.ReftR1Objective(objectives.UpperModel(config, layer, remat, pooled, vocab_chunk=chunk),
                                        hp["topk"], hp["coeff_latent_l1_loss"],
                                        pad_in_topk=hp["topk_candidates"] == "axbench")
-            for remat, chunk in fit.MEMORY_LADDER]
+            for remat, chunk in objectives.MEMORY_LADDER]
   params = {"w": jnp.full((concepts, config.hidden_size), 0.01, jnp.float32)}
   opt_state = init_state(cfg, params)
   examples = {k: jnp.asarray(v) for k, v in arrays.items()}

@@ -32,7 +32,6 @@ from axjax.methods.registry import MethodSpec, hyperparameters, method
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 _CONCEPT_CHUNK = 4  # concepts whose gathered token activations LAT holds at once
 _MOMENT_ROWS = 16  # example rows per batch of the moments pass
-MEMORY_LADDER = objectives.MEMORY_LADDER  # the ReFT-r1/SSV step's (remat, vocabulary chunk), fastest first
 DEAD_LATENT_REMEDIES = ("none", "diffmean")
 
 
@@ -229,7 +228,7 @@ def _train(spec: MethodSpec, hp: dict[str, Any], cache: ActivationCache, seed: i
     pooled = batching.pooled_rows([b.extra["loss_valid"] for b in batches],
                                   sharding.concept_multiple(cache.mesh, len(batches[0].rows)), groups)
     loss = [loss(objectives.UpperModel(config, cache.layer, remat, pooled, groups, chunk))
-            for remat, chunk in MEMORY_LADDER]
+            for remat, chunk in objectives.MEMORY_LADDER]
   checkpoint = None
   if checkpoint_dir is not None:
     settings = {**hp, "seed": seed, "concept_ids": concept_ids.tolist(), **({"grid": list(grid)} if swept else {})}

@@ -23,6 +23,12 @@ SELECTORS = {"SAE-A": sae_lib.max_auc_feature, "SAE-MaxDiff": sae_lib.max_diff_f
 _ROWS = 16  # shared training rows per encoding batch
 
 
+def missing_sae(name: str) -> AxjaxError:
+  """The one sentence for SAE method `name` run without an SAE."""
+  return AxjaxError(f"{name} selects features of a GemmaScope SAE: pass --sae_path (its params.npz or "
+                    ".safetensors for this model and layer)")
+
+
 def shared_labels(ex) -> np.ndarray:
   """[U, C] int8 label of each shared row for each concept: 1 its positive, 0 its negative, -1 not its example."""
   labels = np.full((len(ex.tokens), len(ex.concept_ids)), -1, np.int8)
@@ -37,8 +43,7 @@ def select_features(name: str, cache: ActivationCache) -> dict[str, np.ndarray]:
   [C], and extras `feature`, `jump_threshold` and `steering_vector` (decoder rows)."""
   sae = cache.sae
   if sae is None:
-    raise AxjaxError(f"{name} selects features of a GemmaScope SAE: pass --sae_path (its params.npz or "
-                     ".safetensors for this model and layer)")
+    raise missing_sae(name)
   ex, acts = cache.examples("binarized")
   labels = shared_labels(ex)
   used = np.flatnonzero((labels >= 0).any(axis=1))  # the all-pad filler row belongs to no concept
