@@ -20,6 +20,7 @@ from absl import flags
 import axjax
 from axjax import atomic_files
 from axjax.data.axbench_format import read_axbench
+from axjax.errors import AxjaxError
 from axjax.evaluation import descriptions
 from axjax.methods import registry
 from axjax.methods.detection_run import check_run, run_detection, summary_table, training_records
@@ -58,6 +59,9 @@ def main(argv):
   del argv
   chunking, mesh = scale_flags.chunking(), scale_flags.mesh()
   methods = [registry.method(m).name for m in _METHODS.value]
+  if steer_only := [m for m in methods if not registry.method(m).detects]:
+    raise AxjaxError(f"{steer_only[0]} does not detect concepts (AxBench has no detection for it): run it with "
+                     "experiments.steer")
   overrides = registry.parse_overrides(_HPARAMS.value, methods)
   sae_flags.check(methods)
   sweeps = registry.parse_sweeps(_SWEEP.value, methods)

@@ -16,6 +16,11 @@ _SAE_PATH = flags.DEFINE_string(
     "concept.")
 
 
+def given() -> bool:
+  """Whether --sae_path was given (the paper profile then adds its SAE rows)."""
+  return _SAE_PATH.value is not None
+
+
 def check(methods: Sequence[str]) -> None:
   """Refuses an SAE method without --sae_path, or --sae_path with no method to read it (before any model work)."""
   wanted = [m for m in methods if m in sae_methods.SELECTORS]

@@ -30,12 +30,16 @@ from axjax.judges.local_judge import LocalJudge
 from axjax.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
 from axjax.judges.proxy import ProxyJudge
 from axjax.loading.tokenizer import cache_dir
-from axjax.methods import registry
+from axjax.methods import prompting, registry
+from axjax.methods.adapter_training import adapters_from
+from axjax.methods.joint_training import memory_budget
+from axjax.methods.sft import check_sft_memory
 from axjax.methods.detection_run import check_run, read_reusable, run_detection, seed_results, training_records
 from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache
 from axjax.steering_eval.generate_rows import generate_rows
 from axjax.steering_eval.instructions import read_instructions
-from axjax.steering_eval.protocol import PROFILES, SteeringProtocol, profile
+from axjax.steering_eval import row_steerers
+from axjax.steering_eval.protocol import PROFILES, SAE_METHODS, SteeringProtocol, profile
 from axjax.steering_eval.report import write_report
 from axjax.steering_eval.rows import row_vectors, steering_rows
 from experiments import cli, sae_flags, scale_flags
@@ -49,6 +53,9 @@ _DATA = flags.DEFINE_string("data", "concept10/prod_2b_l20_v1",
 _LAYER = flags.DEFINE_integer("layer", 12, "Decoder layer whose output (residual stream) is read and steered.")
 _METHODS = flags.DEFINE_list("methods", None, f"Methods (default: the profile's), from: {', '.join(registry.METHODS)}.")
 _MAX_CONCEPTS = flags.DEFINE_integer("max_concepts", None, "Use only the first N concepts (default: the profile's).")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None,
+                                     "Train on at most N examples per concept, half positives and half negatives "
+                                     "(AxBench's max_num_of_examples).")
 _FACTORS = flags.DEFINE_list("factors", None, "Steering factors (default: the profile's; paper: AxBench's 14).")
 _NUM_INSTRUCTIONS = flags.DEFINE_integer("num_instructions", None,
                                          "Instructions per concept; the first half selects the factor.")
@@ -60,7 +67,8 @@ _INSTRUCTIONS = flags.DEFINE_string("instructions", None,
                                     "Instructions file (.jsonl/.json with 'instruction', or one per line); "
                                     "default AlpacaEval's 805 (CC BY-NC 4.0).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Rows generated per compiled batch.")
-_BASELINE = flags.DEFINE_string("baseline", None, "Method the win rates compare against (default: the first).")
+_BASELINE = flags.DEFINE_string("baseline", None, "Method the win rates compare against (default: PromptSteering where it runs, as AxBench; else the first "
+                                  "steering method).")
 _JUDGE = flags.DEFINE_enum("judge", "proxy", ["proxy", "openai", "local"],
                            "proxy: offline embedding+perplexity proxy (labelled as such); openai: any "
                            "OpenAI-compatible endpoint; local: an instruction-tuned model run by axjax.")
@@ -79,6 +87,10 @@ _DICTIONARIES = flags.DEFINE_string("dictionaries", None,
 _HPARAMS = flags.DEFINE_list("hparams", [], "Method overrides as Method.name=value, e.g. ReFT-r1.n_epochs=1.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for training, sampling and the bootstrap.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model dtype.")
+_PROMPT_WRITER = flags.DEFINE_string(
+    "prompt_writer", None, "Who writes PromptSteering's steering prompts: 'judge' (the --judge's LLM: an "
+    "OpenAI-compatible endpoint or the local model), a local -it checkpoint folder or .gguf, or 'fallback' (AxBench's "
+    "fixed template, labelled as such). Default: the profile's (quick: fallback; paper: judge).")
 _DEAD_REMEDY = flags.DEFINE_enum(
     "dead_latent_remedy", "none", list(DEAD_LATENT_REMEDIES),
     "ReFT-r1/SSV concepts whose ReLU latent never fired in the last training epoch: 'none' keeps them (AxBench); "
@@ -116,12 +128,17 @@ def main(argv):
   del argv
   prof = profile(_PROFILE.value)
   chunking, mesh = scale_flags.chunking(), scale_flags.mesh()
-  methods = [registry.method(m).name for m in (_METHODS.value or prof.methods)]
+  default = prof.methods + (SAE_METHODS if sae_flags.given() and _PROFILE.value == "paper" else ())
+  methods = [registry.method(m).name for m in (_METHODS.value or default)]
   overrides = registry.parse_overrides(_HPARAMS.value, methods)
   sae_flags.check(methods)
-  baseline = _BASELINE.value or methods[0]
-  if baseline not in methods:
-    raise AxjaxError(f"--baseline {baseline} is not among --methods {methods}")
+  steered = registry.steering(methods)
+  if not steered:
+    raise AxjaxError(f"none of --methods {methods} steers (they detect only): add a steering method")
+  baseline = registry.method(_BASELINE.value).name if _BASELINE.value else (
+      "PromptSteering" if "PromptSteering" in steered else steered[0])
+  if baseline not in steered:
+    raise AxjaxError(f"--baseline {baseline} is not among the steering methods {steered}")
   protocol = protocol_from_flags(prof.protocol)
   max_concepts = _MAX_CONCEPTS.value if _MAX_CONCEPTS.value is not None else prof.max_concepts
   data = read_axbench(_DATA.value, max_concepts=max_concepts)  # all input checked before any model work
@@ -129,40 +146,56 @@ def main(argv):
   perplexity_of: dict[tuple[str, str], float] = {}
   judge = make_judge(perplexity_of)
   judge.check()
+  writer_flag = prompt_writer_flag(prof, methods, judge)
   output = _OUTPUT.value or os.path.join(
       "checkpoints", f"steer-{_PROFILE.value}-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
   model = axjax.load(_MODEL.value, _DTYPE.value)
   model.config.check_layer(_LAYER.value)
   sae = sae_flags.load(model)
+  hparams = {name: registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
+             for name in methods}
   for name in methods:
-    registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
+    if registry.method(name).kind == "adapter":
+      adapters_from(name, model.config, hparams[name])
+  if "SFT" in methods:
+    check_sft_memory(model.config, hparams["SFT"], memory_budget())
+  writer = make_writer(writer_flag, judge)
   settings = {"model": model.name, "data": _DATA.value, "layer": _LAYER.value, "seed": _SEED.value,
-              "dtype": _DTYPE.value, "methods": methods, "hparams": _HPARAMS.value,
+              "dtype": _DTYPE.value, "methods": methods, "hparams": _HPARAMS.value, "max_examples": _MAX_EXAMPLES.value,
               "concept_ids": [c.concept_id for c in data.concepts], "instructions": _INSTRUCTIONS.value,
               "dictionaries": _DICTIONARIES.value,
               "protocol": dataclasses.asdict(protocol),
-              "judge": judge.name, "sae": sae and sae.source}
+              "judge": judge.name, "sae": sae and sae.source,
+              "prompt_writer": writer_flag if "PromptSteering" in methods else None}
   reusable = {} if not _DICTIONARIES.value else read_reusable(
       _DICTIONARIES.value, methods, hidden_size=model.config.hidden_size, layer=_LAYER.value, model_name=model.name)
   check_run(output, settings)
   seed_results(output, reusable)
   progress = cli.progress_bars()
 
-  cache = ActivationCache(model, data, _LAYER.value, progress, mesh=mesh, sae=sae)
+  cache = ActivationCache(model, data, _LAYER.value, progress, mesh=mesh, sae=sae, writer=writer,
+                          max_examples=_MAX_EXAMPLES.value)
   reports, dictionaries = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                                        dead_latent_remedy=_DEAD_REMEDY.value, **chunking,
                                        imbalance_factor=100, log=cli.say)
   placed = cache.placed_params
   del cache  # the activations are not needed for steering
 
-  rows = steering_rows(methods, [(c.concept_id, c.name) for c in data.concepts], instructions, protocol)
+  rows = steering_rows(steered, [(c.concept_id, c.name) for c in data.concepts], instructions, protocol,
+                       factorless={m for m in steered if not registry.method(m).uses_factor})
+  if "SFT" in steered:  # AxBench fine-tunes its first 20 concepts only
+    first = [c.concept_id for c in data.concepts][:hparams["SFT"]["max_concepts"]]
+    rows = rows[(rows["method"] != "SFT") | rows["concept_id"].isin(first)].reset_index(drop=True)
   atomic_files.write_parquet(os.path.join(output, "steering", "rows.parquet"), rows)
   vectors, strengths = row_vectors(rows, dictionaries)
   generations = generate_rows(model, rows, vectors, strengths, layer=_LAYER.value, protocol=protocol,
                               seed=_SEED.value, batch_size=_BATCH.value,
                               shard_dir=os.path.join(output, "steering", "generations"),
                               progress=lambda done, total: progress("steered generation", done, total),
-                              mesh=mesh, params=placed)
+                              mesh=mesh, params=placed,
+                              steerers=row_steerers.steerers(model, data, dictionaries, protocol, _SEED.value,
+                                                             os.path.join(output, "training"), cli.say,
+                                                             _MAX_EXAMPLES.value))
   atomic_files.write_parquet(os.path.join(output, "steering", "generations.parquet"), generations)
   if not processes.leave_to_writer():
     return  # judging and the report are host work: process 0 does them alone
@@ -177,10 +210,34 @@ def main(argv):
   atomic_files.write_parquet(os.path.join(output, "steering", "ratings.parquet"),
                              table[["row_id"] + [f"{a}_rating" for a in ASPECTS]].assign(judge=judge.name))
   results = write_report(output, table, judge_name=judge.name, judge_is_proxy=judge.is_proxy,
-                         judge_usage=judge.usage(), baseline=baseline, detection=reports, settings=settings,
-                         training=training_records(output, methods),
+                         judge_usage=judge.usage(), baseline=baseline, detection=reports or None, settings=settings,
+                         training=training_records(output, methods), methods=methods,
                          described=descriptions.describe_dictionaries(model, dictionaries))
   cli.say(_summary_lines(results, output))
+
+
+def prompt_writer_flag(prof, methods: list[str], judge: Judge) -> str | None:
+  """--prompt_writer or the profile's, checked before any model work; None without PromptSteering."""
+  if "PromptSteering" not in methods:
+    return None
+  value = _PROMPT_WRITER.value or prof.prompt_writer
+  if value == "judge" and judge.is_proxy:
+    raise AxjaxError("PromptSteering needs an LLM to write its steering prompts and the proxy judge has none: pass "
+                     "--judge=openai or --judge=local (it writes them), --prompt_writer=<a local -it checkpoint>, "
+                     "or --prompt_writer=fallback for AxBench's fixed template")
+  if value not in ("judge", "fallback") and not os.path.exists(value):
+    raise AxjaxError(f"--prompt_writer {value} is neither 'judge', 'fallback' nor an existing checkpoint path")
+  return value
+
+
+def make_writer(value: str | None, judge: Judge):
+  """The `prompting.Writer` that --prompt_writer names (None: AxBench's fallback template)."""
+  if value in (None, "fallback"):
+    return None
+  if value == "judge":
+    return (prompting.openai_writer(judge) if isinstance(judge, OpenAIJudge) else
+            prompting.local_writer(judge.model, seed=_SEED.value))
+  return prompting.local_writer(axjax.load(value, _DTYPE.value), seed=_SEED.value)
 
 
 def _summary_lines(results: dict, output: str) -> str:

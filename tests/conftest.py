@@ -149,3 +149,13 @@ def tiny_with_tokenizer(tmp_path_factory):
   model.save_pretrained(folder)
   tokenizer.save_pretrained(folder)
   return str(folder)
+
+
+@pytest.fixture
+def torch():
+  """PyTorch on one thread for a test (its reference models are tiny: more threads only contend for the CPU)."""
+  torch = pytest.importorskip("torch")
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield torch
+  torch.set_num_threads(threads)

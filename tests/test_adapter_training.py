@@ -128,16 +128,6 @@ def test_killed_training_resumes_from_its_last_epoch_to_identical_numbers(tiny, 
   np.testing.assert_array_equal(resumed.record["loss"], whole.record["loss"])
 
 
-@pytest.fixture
-def torch():
-  """PyTorch on one thread for the test (the models are tiny: more threads only contend for the CPU)."""
-  torch = pytest.importorskip("torch")
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield torch
-  torch.set_num_threads(threads)
-
-
 def hf_loss(torch, logits, tokens, loss_mask):
   """transformers' causal-LM loss: the mean next-token NLL over the batch's output tokens."""
   logp = logits[:, :-1].log_softmax(-1)

@@ -153,7 +153,7 @@ def test_training_matches_axbenchs_loop():
   states, labels = rng.normal(size=(c, n, d)).astype(np.float32), rng.integers(0, 2, (c, n))
   init = {k: np.asarray(v) for k, v in attribution.init_classifiers(jax.random.key(1), c, d).items()}
   got, losses = attribution.train_classifiers(states, labels, training, init=init)
-  orders = attribution.epoch_orders(c, n, training)
+  orders = attribution.epoch_orders(range(c), n, training)
   batches = -(-n // training.batch_size)
   assert losses.shape == (c, training.n_epochs * -(-batches // training.grad_accum))
   for concept in range(c):

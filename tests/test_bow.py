@@ -1,13 +1,12 @@
 """BoW scores equal scikit-learn pipelines built separately, and a numpy computation from the saved arrays."""
 
-import io
-
 import numpy as np
 import pytest
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from axjax.data.examples import BinarizedExamples
+from axjax.dictionary import Dictionary, load_dictionary, save_dictionary
 from axjax.errors import AxjaxError
 from axjax.methods import bow
 
@@ -54,31 +53,28 @@ def test_scores_equal_separate_sklearn_pipelines(fitted):
   assert got[0, 0] > 0.5 and got[1, 1] > 0.5  # the topics are learnable
 
 
-def test_scores_equal_numpy_from_saved_arrays(fitted):
+def test_scores_equal_numpy_from_a_saved_dictionary(fitted, tmp_path):
+  """The extras saved in a dictionary (Orbax) give the same scores; numpy reads them word by word."""
   _, model, probe = fitted
-  arrays = bow.to_arrays(model)
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  buffer.seek(0)
-  with np.load(buffer, allow_pickle=False) as saved:
-    loaded = {k: saved[k] for k in saved.files}
-  vocabulary = list(loaded["vocabulary"])
-  word_index = {w: i for i, w in enumerate(vocabulary)}
+  extras = bow.to_extras(model)
+  c = len(extras["intercept"])
+  path = str(tmp_path / "bow")
+  save_dictionary(path, Dictionary(weights=None, biases=None, concept_ids=tuple(range(c)),
+                                   concept_names=tuple(f"c{i}" for i in range(c)), method="BoW", model_name="m",
+                                   layer=0, extras=extras, width=8))
+  loaded = load_dictionary(path).extras
   tokenize = CountVectorizer().build_analyzer()
-  counts = np.zeros((len(probe), len(vocabulary)))
-  for n, text in enumerate(probe):
-    for word in tokenize(text):
-      if word in word_index:
-        counts[n, word_index[word]] += 1
-  dense = np.zeros((len(loaded["intercept"]), len(vocabulary)))
-  for c in range(dense.shape[0]):
-    lo, hi = loaded["indptr"][c], loaded["indptr"][c + 1]
-    dense[c, loaded["indices"][lo:hi]] = loaded["coef"][lo:hi]
-  ref = 1.0 / (1.0 + np.exp(-(counts @ dense.T + loaded["intercept"])))
+  ref = np.zeros((len(probe), c))
+  for concept in range(c):
+    words = bytes(loaded["vocabulary"][concept]).rstrip(b"\0").decode().split("\n")
+    weight = dict(zip(words, loaded["coef"][concept]))
+    for n, text in enumerate(probe):
+      logit = sum(weight.get(w, 0.0) for w in tokenize(text)) + loaded["intercept"][concept]
+      ref[n, concept] = 1.0 / (1.0 + np.exp(-logit))
   np.testing.assert_allclose(bow.scores(model, probe), ref, rtol=1e-12, atol=1e-12)
-  round_trip = bow.from_arrays(loaded)
+  round_trip = bow.from_extras(loaded)
   np.testing.assert_array_equal(bow.scores(round_trip, probe), bow.scores(model, probe))
-  for name in bow.ARRAY_NAMES:
+  for name in ("vocabulary", "indptr", "indices", "coef", "intercept"):
     np.testing.assert_array_equal(getattr(round_trip, name), getattr(model, name))
 
 
@@ -113,8 +109,8 @@ def test_bad_input_raises_one_clear_error(fitted):
     bow.fit([])
   with pytest.raises(AxjaxError, match="not one string"):
     bow.scores(model, "a single text")
-  arrays = bow.to_arrays(model)
+  arrays = bow.to_extras(model)
   with pytest.raises(AxjaxError, match="lack coef"):
-    bow.from_arrays({k: v for k, v in arrays.items() if k != "coef"})
+    bow.from_extras({k: v for k, v in arrays.items() if k != "coef"})
   with pytest.raises(AxjaxError, match="inconsistent"):
-    bow.from_arrays({**arrays, "intercept": arrays["intercept"][:-1]})
+    bow.from_extras({**arrays, "intercept": arrays["intercept"][:-1]})

@@ -50,7 +50,7 @@ def test_fields_are_normalised_and_read_only():
   d = make_dictionary()
   assert d.weights.dtype == np.float32 and d.num_concepts == 3 and d.hidden_size == 8
   assert np.isnan(d.thresholds).all() and d.max_activations.tolist() == [0.5, 1.5, 2.5]
-  assert d.format_version == store.FORMAT_VERSION == 2 and d.extras == {}
+  assert d.format_version == store.FORMAT_VERSION == 3 and d.extras == {}
   with pytest.raises(ValueError):
     d.weights[0, 0] = 1.0
   assert d.index_of(11) == 1
@@ -60,15 +60,17 @@ def test_fields_are_normalised_and_read_only():
     (dict(weights=np.zeros(8)), "shape [C, d]"),
     (dict(weights=np.full((3, 8), np.nan)), "NaN"),
     (dict(biases=np.zeros(2)), "biases has shape (2,) but the dictionary has 3 concepts"),
-    (dict(biases=None), "biases has shape () but the dictionary has 3 concepts"),
-    (dict(concept_names=("a", "b")), "3 rows but there are 3 concept ids and 2 concept names"),
+    (dict(biases=np.zeros((3, 1))), "biases has shape (3, 1) but the dictionary has 3 concepts"),
+    (dict(concept_names=("a", "b")), "has 3 concepts but 3 concept ids and 2 concept names"),
     (dict(concept_ids=(1, 2, 1)), "1 appears more than once"),
     (dict(thresholds=np.zeros(4)), "thresholds has shape (4,)"),
     (dict(layer=-1), "layer must be a non-negative integer"),
     (dict(method=""), "method must be a non-empty string"),
     (dict(hyperparameters={"f": float("nan")}), "JSON-serialisable"),
     (dict(hyperparameters={"f": object()}), "JSON-serialisable"),
-    (dict(format_version=3), "format_version 3"),
+    (dict(format_version=4), "format_version 4"),
+    (dict(weights=None, width=None), "a dictionary without weights needs a positive model width"),
+    (dict(width=9), "width 9 differs from the weights' width 8"),
     (dict(extras={"steering_vector": np.zeros((2, 8))}), "extra 'steering_vector' has shape (2, 8) but the "
                                                          "dictionary has 3 concepts"),
     (dict(extras={"jump_threshold": np.array([0.0, np.inf, 1.0])}), "extra 'jump_threshold' contains NaN"),
@@ -146,10 +148,10 @@ def test_load_refuses_missing_foreign_and_newer(tmp_path):
       other, ocp.args.Composite(metadata=ocp.args.JsonSave({"format": "something else"})))
   with pytest.raises(DictionaryError, match="other_checkpoint is not an axjax dictionary"):
     load_dictionary(other)
-  newer = store._metadata(make_dictionary()) | {"format_version": 3}
+  newer = store._metadata(make_dictionary()) | {"format_version": 4}
   ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
       tmp_path / "newer", ocp.args.Composite(metadata=ocp.args.JsonSave(newer)))
-  with pytest.raises(DictionaryError, match="format version 3, newer than the version 2 this axjax reads"):
+  with pytest.raises(DictionaryError, match="format version 4, newer than the version 3 this axjax reads"):
     load_dictionary(tmp_path / "newer")
 
 
@@ -345,3 +347,26 @@ def test_a_version_1_dictionary_still_loads(tmp_path):
   loaded = load_dictionary(tmp_path / "v1")
   assert loaded.format_version == 1 and loaded.extras == {}
   np.testing.assert_array_equal(loaded.weights, d.weights)
+
+
+def test_a_method_without_directions_keeps_its_extras(tmp_path):
+  """Adapters, classifiers and texts (no weights): saved, loaded, selected and concatenated per concept."""
+  extras = {"rotation": np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4),
+            "prompt": store.text_array(["café ☕", "", "a longer prompt"])}
+  d = Dictionary(weights=None, biases=None, concept_ids=(4, 5, 6), concept_names=("a", "b", "c"), method="LoReFT",
+                 model_name="m", layer=2, extras=extras, width=8)
+  assert d.hidden_size == 8 and d.num_concepts == 3 and d.biases.tolist() == [0.0, 0.0, 0.0]
+  with pytest.raises(DictionaryError, match="the LoReFT dictionary has no steering vectors"):
+    d.steering_vectors()
+  save_dictionary(tmp_path / "d", d)
+  loaded = load_dictionary(tmp_path / "d", hidden_size=8, layer=2)
+  assert loaded.weights is None and loaded.hidden_size == 8
+  np.testing.assert_array_equal(loaded.extras["rotation"], extras["rotation"])
+  assert store.texts_of(loaded.extras["prompt"]) == ["café ☕", "", "a longer prompt"]
+  with pytest.raises(DictionaryError, match="has width 8 but the model's hidden size is 16"):
+    load_dictionary(tmp_path / "d", hidden_size=16)
+  parts = [d.select([4]), d.select([5, 6])]  # prompt widths 9 and 15 bytes: padded on concatenation
+  merged = store.concatenate(parts)
+  assert merged.concept_ids == (4, 5, 6) and store.texts_of(merged.extras["prompt"]) == store.texts_of(
+      d.extras["prompt"])
+  np.testing.assert_array_equal(merged.extras["rotation"], extras["rotation"])

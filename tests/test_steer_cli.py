@@ -86,7 +86,7 @@ def test_killed_run_resumes_to_identical_results(tiny_with_tokenizer, tmp_path):
     ("--layer=99", "error: layer 99"),
     ("--judge_base_url=http://127.0.0.1:9/v1", "error: the judge server at http://127.0.0.1:9/v1 refuses connections"),
     ("--judge_api_key_env=AXJAX_NO_SUCH_KEY", "error: the openai judge needs an API key in $AXJAX_NO_SUCH_KEY"),
-    ("--baseline=LAT", "error: --baseline LAT is not among --methods"),
+    ("--baseline=LAT", "error: --baseline LAT is not among the steering methods ['DiffMean', 'PCA']"),
 ])
 def test_bad_input_fails_fast_with_one_sentence(tiny_with_tokenizer, tmp_path, flag, message):
   with StubServer() as server:

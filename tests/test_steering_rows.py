@@ -8,6 +8,7 @@ import pytest
 
 from axjax.dictionary import Dictionary
 from axjax.errors import AxjaxError
+from axjax.methods import registry
 from axjax.steering_eval.instructions import draw_instructions, read_instructions
 from axjax.steering_eval.protocol import AXBENCH_FACTORS, SteeringProtocol, profile
 from axjax.steering_eval.rows import row_vectors, steering_rows
@@ -97,3 +98,24 @@ def test_protocol_and_profiles_check_their_settings():
     SteeringProtocol(intervention="ablate")
   with pytest.raises(AxjaxError, match="without repeats"):
     SteeringProtocol(factors=(1.0, 1.0))
+
+
+def test_methods_without_a_factor_get_one_row_per_instruction():
+  protocol = SteeringProtocol(factors=(0.5, 1.0, 2.0), instructions_per_concept=4, select_count=2)
+  rows = steering_rows(["LoReFT", "DiffMean"], [(3, "a")], ["w", "x", "y", "z"], protocol, factorless={"LoReFT"})
+  loreft, diffmean = rows[rows["method"] == "LoReFT"], rows[rows["method"] == "DiffMean"]
+  assert len(loreft) == 4 and loreft["factor"].isna().all() and (loreft["factor_index"] == 0).all()
+  assert len(diffmean) == 3 * 4
+  # the same instructions, so both are judged on the same held-out half
+  assert loreft["instruction"].tolist() == diffmean[diffmean["factor_index"] == 0]["instruction"].tolist()
+  vectors, strengths = row_vectors(rows, {"DiffMean": dictionary("DiffMean", [3], [2.0])})
+  assert (strengths[loreft.index] == 0).all() and (vectors[loreft.index] == 0).all()
+  assert strengths[diffmean.index].tolist() == [0.5 * 2.0] * 4 + [1.0 * 2.0] * 4 + [2.0 * 2.0] * 4
+
+
+def test_profiles_name_registered_methods_and_prompt_writers():
+  paper, quick = profile("paper"), profile("quick")
+  kinds = {registry.method(m).kind for m in paper.methods}
+  assert kinds == {"direction", "adapter", "sft", "prompt", "bow", "attribution"}  # Tables 1 and 2
+  assert paper.prompt_writer == "judge" and quick.prompt_writer == "fallback"
+  assert quick.methods[0] == "PromptSteering"  # AxBench's win-rate baseline, one generation per instruction

@@ -1,9 +1,12 @@
-"""Concept dictionaries: the [C, d] rank-1 vectors of one trained method, saved and loaded with Orbax.
+"""Concept dictionaries: what one method learned for C concepts, saved and loaded with Orbax.
 
+Rank-1 methods hold [C, d] vectors (`weights`); every method may add its own arrays with a leading concept axis
+(`extras`: an SAE feature's decoder row, LoReFT's and LoRA's adapters, BoW's classifiers, a steering prompt as
+UTF-8 bytes), and methods without a direction (LoReFT, LoRA, BoW, prompting) hold extras only.
 Loading needs only numpy and orbax-checkpoint, never the model or training code, so a dictionary opens
 in a bare Colab. On disk a dictionary is an Orbax composite checkpoint with two items:
-`arrays` (weights [C, d], biases, max_activations, thresholds: float32; and `extras`, a method's own arrays
-with a leading concept axis, e.g. an SAE feature's decoder row) and `metadata` (JSON).
+`arrays` (weights [C, d] where the method has them; biases, max_activations, thresholds: float32; extras)
+and `metadata` (JSON).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ if TYPE_CHECKING:
   from axjax.model.config import GemmaConfig
 
 FORMAT = "axjax.dictionary"  # marks the metadata item, so no other checkpoint passes for a dictionary
-FORMAT_VERSION = 2  # 2: the `extras` arrays (a version-1 dictionary has none)
-_ARRAYS = ("weights", "biases", "max_activations", "thresholds")
+FORMAT_VERSION = 3  # 2: the `extras` arrays (a version-1 dictionary has none); 3: weights may be absent
+_VECTORS = ("biases", "max_activations", "thresholds")
 
 
 class DictionaryError(AxjaxError):
@@ -63,14 +66,15 @@ def _is_int(value: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dictionary:
-  """Rank-1 concept vectors of one method for C concepts at one layer of one model, with their metadata.
+  """What one method learned for C concepts at one layer of one model (of width d), with its metadata.
 
-  Arrays are float32 and read-only; `replace` returns a checked copy (e.g. with max_activations and
-  thresholds filled in after a detection run). NaN in max_activations or thresholds means unknown.
+  Arrays are read-only (weights and the vectors float32); `replace` returns a checked copy (e.g. with
+  max_activations and thresholds filled in after a detection run). NaN in max_activations or thresholds means
+  unknown. A method without a direction has `weights=None` and names the model width in `width`.
   """
 
-  weights: np.ndarray  # [C, d]
-  biases: np.ndarray  # [C]
+  weights: np.ndarray | None  # [C, d] rank-1 directions, or None
+  biases: np.ndarray | None  # [C]; None: zeros
   concept_ids: tuple[int, ...]
   concept_names: tuple[str, ...]
   method: str
@@ -81,23 +85,31 @@ class Dictionary:
   thresholds: np.ndarray | None = None  # [C]; None means all unknown
   extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # a method's own arrays [C, ...]
   format_version: int = FORMAT_VERSION
+  width: int | None = None  # the model width d; taken from weights when there are any
 
   def __post_init__(self):
-    weights = np.array(self.weights, dtype=np.float32)
-    if weights.ndim != 2 or weights.shape[0] == 0 or weights.shape[1] == 0:
-      raise DictionaryError(f"weights must have shape [C, d] with C, d > 0, not {weights.shape}")
-    if not np.isfinite(weights).all():
-      raise DictionaryError("weights contain NaN or infinite values")
-    weights.setflags(write=False)
-    size = weights.shape[0]
     ids, names = tuple(self.concept_ids), tuple(self.concept_names)
+    weights, width = self.weights, self.width
+    if weights is not None:
+      weights = np.array(weights, dtype=np.float32)
+      if weights.ndim != 2 or weights.shape[0] == 0 or weights.shape[1] == 0:
+        raise DictionaryError(f"weights must have shape [C, d] with C, d > 0, not {weights.shape}")
+      if not np.isfinite(weights).all():
+        raise DictionaryError("weights contain NaN or infinite values")
+      if width is not None and width != weights.shape[1]:
+        raise DictionaryError(f"width {width} differs from the weights' width {weights.shape[1]}")
+      weights.setflags(write=False)
+      width = weights.shape[1]
+    elif not _is_int(width) or width <= 0 or not ids:
+      raise DictionaryError("a dictionary without weights needs a positive model width and at least one concept")
+    size = len(ids) if weights is None else weights.shape[0]
     if not all(_is_int(i) for i in ids):
       raise DictionaryError("concept_ids must be integers")
     ids = tuple(int(i) for i in ids)
     if not all(isinstance(n, str) for n in names):
       raise DictionaryError("concept_names must be strings")
     if len(ids) != size or len(names) != size:
-      raise DictionaryError(f"weights have {size} rows but there are {len(ids)} concept ids and "
+      raise DictionaryError(f"the dictionary has {size} concepts but {len(ids)} concept ids and "
                             f"{len(names)} concept names")
     if len(set(ids)) != size:
       duplicate = collections.Counter(ids).most_common(1)[0][0]
@@ -112,10 +124,11 @@ class Dictionary:
                             f"(1..{FORMAT_VERSION})")
     if not isinstance(self.hyperparameters, dict):
       raise DictionaryError(f"hyperparameters must be a dict, not {type(self.hyperparameters).__name__}")
-    biases = _vector("biases", self.biases, size)
+    biases = _vector("biases", np.zeros(size) if self.biases is None else self.biases, size)
     if not np.isfinite(biases).all():
       raise DictionaryError("biases contain NaN or infinite values")
-    fields = dict(weights=weights, biases=biases, concept_ids=ids, concept_names=names, layer=int(self.layer),
+    fields = dict(weights=weights, width=int(width), biases=biases, concept_ids=ids, concept_names=names,
+                  layer=int(self.layer),
                   hyperparameters=_json_copy("hyperparameters", self.hyperparameters),
                   max_activations=_vector("max_activations", _or_unknown(self.max_activations, size), size),
                   thresholds=_vector("thresholds", _or_unknown(self.thresholds, size), size),
@@ -125,12 +138,12 @@ class Dictionary:
 
   @property
   def num_concepts(self) -> int:
-    return self.weights.shape[0]
+    return len(self.concept_ids)
 
   @property
   def hidden_size(self) -> int:
-    """The model width d the vectors live in."""
-    return self.weights.shape[1]
+    """The model width d the dictionary was trained for."""
+    return self.width
 
   def index_of(self, concept_id: int) -> int:
     """The row of `concept_id`."""
@@ -151,7 +164,7 @@ class Dictionary:
     if missing:
       raise DictionaryError(f"concept id {missing[0]!r} is not in this dictionary")
     index = np.array([rows[cid] for cid in concept_ids], dtype=np.int64)
-    return self.replace(weights=self.weights[index], biases=self.biases[index],
+    return self.replace(weights=None if self.weights is None else self.weights[index], biases=self.biases[index],
                         concept_ids=tuple(self.concept_ids[i] for i in index),
                         concept_names=tuple(self.concept_names[i] for i in index),
                         max_activations=self.max_activations[index], thresholds=self.thresholds[index],
@@ -160,7 +173,41 @@ class Dictionary:
   def steering_vectors(self) -> np.ndarray:
     """[C, d] what steering adds: the `steering_vector` extra where a method has one (an SAE feature's decoder
     row, while its detection reads the encoder column), else the weights."""
-    return self.extras.get("steering_vector", self.weights)
+    vectors = self.extras.get("steering_vector", self.weights)
+    if vectors is None:
+      raise DictionaryError(f"the {self.method} dictionary has no steering vectors (it is not a rank-1 method)")
+    return vectors
+
+
+def concatenate(parts: list[Dictionary]) -> Dictionary:
+  """One dictionary of the concepts of `parts` (one method's chunks), in order, without max activations or
+  thresholds; extras of differing trailing shapes (BoW vocabularies, prompt texts) are zero-padded to the widest."""
+  first = parts[0]
+  extras = {}
+  for name in first.extras:
+    arrays = [p.extras[name] for p in parts]
+    wide = np.max([a.shape[1:] for a in arrays], axis=0) if arrays[0].ndim > 1 else ()
+    extras[name] = np.concatenate([np.pad(a, [(0, 0)] + [(0, w - s) for w, s in zip(wide, a.shape[1:])])
+                                   for a in arrays])
+  return first.replace(weights=None if first.weights is None else np.concatenate([p.weights for p in parts]),
+                       biases=np.concatenate([p.biases for p in parts]),
+                       concept_ids=sum((p.concept_ids for p in parts), ()),
+                       concept_names=sum((p.concept_names for p in parts), ()), max_activations=None,
+                       thresholds=None, extras=extras)
+
+
+def text_array(texts: Iterable[str]) -> np.ndarray:
+  """uint8 [C, L]: each text's UTF-8 bytes, zero-padded (an extra that holds one string per concept)."""
+  encoded = [t.encode("utf-8") for t in texts]
+  out = np.zeros((len(encoded), max(1, *map(len, encoded)) if encoded else 1), np.uint8)
+  for row, data in enumerate(encoded):
+    out[row, :len(data)] = np.frombuffer(data, np.uint8)
+  return out
+
+
+def texts_of(array: np.ndarray) -> list[str]:
+  """The strings `text_array` stored."""
+  return [bytes(row).rstrip(b"\0").decode("utf-8") for row in np.asarray(array, np.uint8)]
 
 
 def _extras(extras: Any, size: int) -> dict[str, np.ndarray]:
@@ -210,8 +257,10 @@ def _metadata(dictionary: Dictionary) -> dict[str, Any]:
 
 
 def _saved_arrays(dictionary: Dictionary) -> dict[str, Any]:
-  """The arrays item of a saved dictionary: the four vectors and, where there are any, the extras."""
-  arrays = {name: np.asarray(getattr(dictionary, name)) for name in _ARRAYS}
+  """The arrays item of a saved dictionary: the weights and extras where there are any, and the vectors."""
+  arrays = {name: np.asarray(getattr(dictionary, name)) for name in _VECTORS}
+  if dictionary.weights is not None:
+    arrays["weights"] = np.asarray(dictionary.weights)
   return {**arrays, "extras": dict(dictionary.extras)} if dictionary.extras else arrays
 
 
@@ -297,14 +346,17 @@ def load_dictionary_npz(path: str) -> Dictionary:
 def _from_saved(meta: dict[str, Any], arrays: dict[str, Any], path: str) -> Dictionary:
   """The Dictionary of saved metadata and arrays, checked against each other."""
   extras = dict(arrays.get("extras", {}))
-  if (set(arrays) - {"extras"} != set(_ARRAYS) or sorted(extras) != meta.get("extras", [])
-      or np.shape(arrays["weights"]) != (meta["num_concepts"], meta["hidden_size"])):
+  weights = arrays.get("weights")
+  if (set(arrays) - {"extras", "weights"} != set(_VECTORS) or sorted(extras) != meta.get("extras", [])
+      or (weights is None and meta.get("format_version", 0) < 3)
+      or (weights is not None and np.shape(weights) != (meta["num_concepts"], meta["hidden_size"]))):
     raise DictionaryError(f"dictionary {path} is corrupt: its arrays do not match its metadata")
   return Dictionary(concept_ids=tuple(meta["concept_ids"]), concept_names=tuple(meta["concept_names"]),
                     method=meta["method"], model_name=meta["model_name"], layer=meta["layer"],
                     hyperparameters=meta["hyperparameters"], format_version=meta["format_version"],
-                    extras={k: np.asarray(v) for k, v in extras.items()},
-                    **{name: np.asarray(arrays[name]) for name in _ARRAYS})
+                    extras={k: np.asarray(v) for k, v in extras.items()}, width=meta["hidden_size"],
+                    weights=None if weights is None else np.asarray(weights),
+                    **{name: np.asarray(arrays[name]) for name in _VECTORS})
 
 
 def load_dictionary(path: str | os.PathLike, *, hidden_size: int | None = None, layer: int | None = None,

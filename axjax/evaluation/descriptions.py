@@ -197,9 +197,11 @@ def describe(model: LoadedModel, dictionary: Dictionary, strength: Any, *, k: in
 
 
 def describe_dictionaries(model: LoadedModel, dictionaries: Mapping[str, Dictionary]) -> list[dict[str, Any]]:
-  """`describe` of every dictionary, each concept steered at factor 1 of AxBench's strength rule (its max
-  activation: `steering_magnitude`), the middle of AxBench's factor range."""
-  return [describe(model, d, steering_magnitude(d.max_activations)) for d in dictionaries.values()]
+  """`describe` of every rank-1 dictionary, each concept steered at factor 1 of AxBench's strength rule (its max
+  activation: `steering_magnitude`), the middle of AxBench's factor range. Methods without a direction (LoReFT,
+  LoRA, BoW, prompting) have nothing to read through the unembedding and are left out."""
+  return [describe(model, d, steering_magnitude(d.max_activations)) for d in dictionaries.values()
+          if d.weights is not None]
 
 
 def write_descriptions(output_dir: str, descriptions: Sequence[dict[str, Any]]) -> str:

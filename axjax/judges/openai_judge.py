@@ -101,7 +101,19 @@ class OpenAIJudge:
   def rate(self, requests: Sequence[RatingRequest], progress: Progress | None = None) -> np.ndarray:
     """int8 [len(requests), 3]; each distinct prompt is asked once, cached replies are not asked again."""
     rows = [rubrics.prompts(r) for r in requests]
-    unique = list(dict.fromkeys(p for row in rows for p in row))
+    replies = self._replies([p for row in rows for p in row], progress)
+    matrix, malformed = rubrics.rating_matrix(rows, replies)
+    self._count(malformed=malformed)
+    return matrix
+
+  def complete(self, prompts: Sequence[str], progress: Progress | None = None) -> list[str]:
+    """The reply text to each user prompt, in order (e.g. steering prompts to write), asked and cached as `rate`."""
+    replies = self._replies(prompts, progress)
+    return [replies[p] for p in prompts]
+
+  def _replies(self, prompts: Sequence[str], progress: Progress | None) -> dict[str, str]:
+    """Each distinct prompt's reply: from the cache where it is there, else asked."""
+    unique = list(dict.fromkeys(prompts))
     replies: dict[str, str] = {}
     for prompt in unique:
       hit = self._cache.get(self.config.model, prompt)
@@ -113,9 +125,7 @@ class OpenAIJudge:
     missing = [p for p in unique if p not in replies]
     if missing:
       self._ask_all(missing, replies, progress, len(unique))
-    matrix, malformed = rubrics.rating_matrix(rows, replies)
-    self._count(malformed=malformed)
-    return matrix
+    return replies
 
   def usage(self) -> dict[str, int]:
     """calls (HTTP requests sent, retries included), cached, malformed (rated 0) and the tokens of new replies."""

@@ -38,7 +38,7 @@ from axjax.loading.load import LoadedModel
 from axjax.methods.closed_form import concept_keys
 from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly
 from axjax.methods.objectives import MEMORY_LADDER, UpperModel
-from axjax.methods.registry import MethodSpec, hyperparameters
+from axjax.methods.registry import hyperparameters, method
 from axjax.methods.training_checkpoint import EpochCheckpoint
 from axjax.model.adapters import Lora, first_last_mask, init_lora_params, init_loreft_params, loreft
 from axjax.model.config import GemmaConfig
@@ -46,23 +46,7 @@ from axjax.model.transformer import run_above
 
 Array = jax.Array
 PyTree = Any
-_SHARED = {"n_epochs": 24, "weight_decay": 0.0, "low_rank_dimension": 4, "layers": "auto"}
-# AxBench's sweeps (axbench/sweep/wuzhengx/{2b,9b}/*/{loreft,lora}.yaml); "large" is 9B (its L31 LoRA run uses
-# batch 9 x accumulation 4, the same 36 rows per step). `layers`: "auto" (`default_layers`) or e.g. "5+10+15+20".
-# `max_grad_norm`: each concept's gradient clipped to this global norm (0: no clipping), as reft.py / lora.py.
-SPECS = {
-    "LoReFT": MethodSpec("LoReFT", True, False,
-                         {**_SHARED, "batch_size": 18, "gradient_accumulation_steps": 2, "lr": 9e-4,
-                          "positions": "f5+l5", "accumulate": "sum", "max_grad_norm": 1.0},
-                         {**_SHARED, "batch_size": 9, "gradient_accumulation_steps": 4, "lr": 4e-4,
-                          "positions": "f5+l5", "accumulate": "sum", "max_grad_norm": 1.0}),
-    "LoRA": MethodSpec("LoRA", True, False,
-                       {**_SHARED, "batch_size": 18, "gradient_accumulation_steps": 2, "lr": 9e-4,
-                        "lora_alpha": 32.0, "dropout": 0.05, "accumulate": "mean", "max_grad_norm": 0.0},
-                       {**_SHARED, "batch_size": 18, "gradient_accumulation_steps": 2, "lr": 5e-3,
-                        "lora_alpha": 32.0, "dropout": 0.05, "accumulate": "mean", "max_grad_norm": 0.0}),
-}
-ACCUMULATE = ("sum", "mean")
+ADAPTER_KINDS = ("LoReFT", "LoRA")  # their hyperparameters: `registry.METHODS` (AxBench's sweeps)
 _2B_LAYERS, _9B_LAYERS = (5, 10, 15, 20), (12, 20, 31, 39)  # of Gemma 2's 26 and 42 layers
 
 
@@ -88,8 +72,8 @@ class Adapters:
   dropout: float = 0.0  # LoRA, in training only
 
   def __post_init__(self):
-    if self.kind not in SPECS:
-      raise AxjaxError(f"unknown adapter kind {self.kind!r}: choose from {', '.join(SPECS)}")
+    if self.kind not in ADAPTER_KINDS:
+      raise AxjaxError(f"unknown adapter kind {self.kind!r}: choose from {', '.join(ADAPTER_KINDS)}")
     object.__setattr__(self, "layers", tuple(self.layers))
 
   @property
@@ -145,11 +129,9 @@ def _init_stack(adapters: Adapters, config: GemmaConfig, keys: Array) -> dict[st
 def adapter_hyperparameters(kind: str, config: GemmaConfig, overrides: dict[str, Any] | None = None
                             ) -> dict[str, Any]:
   """AxBench's defaults for the model's size class, then the overrides (checked)."""
-  if kind not in SPECS:
-    raise AxjaxError(f"unknown adapter kind {kind!r}: choose from {', '.join(SPECS)}")
-  hp = hyperparameters(SPECS[kind], config, overrides)
-  if hp["accumulate"] not in ACCUMULATE:
-    raise AxjaxError(f"{kind}.accumulate must be one of {', '.join(ACCUMULATE)}, not {hp['accumulate']!r}")
+  if kind not in ADAPTER_KINDS:
+    raise AxjaxError(f"unknown adapter kind {kind!r}: choose from {', '.join(ADAPTER_KINDS)}")
+  hp = hyperparameters(method(kind), config, overrides)
   if min(hp["batch_size"], hp["gradient_accumulation_steps"], hp["n_epochs"]) < 1 or hp["max_grad_norm"] < 0:
     raise AxjaxError(f"{kind} batch_size, gradient_accumulation_steps and n_epochs must be at least 1 and "
                      "max_grad_norm at least 0")

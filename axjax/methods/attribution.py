@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Sequence
 
 import chex
 import jax
@@ -32,7 +33,8 @@ import numpy as np
 import optax
 
 from axjax.errors import AxjaxError
-from axjax.methods.activations import residual_stream
+from axjax import processes
+from axjax.methods.activations import WIDTH_MULTIPLE, placed_batches, residual_stream
 from axjax.model.config import GemmaConfig
 from axjax.model.layers import RMSNorm
 from axjax.model.transformer import embed, frame_from_mask, layer_slice, run_layers
@@ -99,10 +101,11 @@ def classifier_loss(mlp: Params, states: Array, labels: Array, weights: Array, d
   return jnp.sum(weights * nll)
 
 
-def epoch_orders(num_concepts: int, num_examples: int, training: ClassifierTraining) -> np.ndarray:
-  """[C, epochs, N] int32: each concept's shuffled example order per epoch (DataLoader shuffle=True), seeded."""
+def epoch_orders(concept_ids: Sequence[int], num_examples: int, training: ClassifierTraining) -> np.ndarray:
+  """[C, epochs, N] int32: each concept's shuffled example order per epoch (DataLoader shuffle=True), seeded by
+  (seed, concept id), so a concept trains alike in any chunk."""
   return np.stack([np.stack([rng.permutation(num_examples) for _ in range(training.n_epochs)])
-                   for rng in (np.random.default_rng([training.seed, c]) for c in range(num_concepts))]
+                   for rng in (np.random.default_rng([training.seed, int(c)]) for c in concept_ids)]
                   ).astype(np.int32)
 
 
@@ -152,11 +155,13 @@ def _train(mlp, states, labels, rows, weights, keys, training: ClassifierTrainin
 
 
 def train_classifiers(states, labels, training: ClassifierTraining = ClassifierTraining(),
-                      init: Params | None = None) -> tuple[Params, np.ndarray]:
+                      init: Params | None = None, concept_ids: Sequence[int] | None = None
+                      ) -> tuple[Params, np.ndarray]:
   """Trains C concepts' heads together (vmapped) on precomputed `last_token_states` [C, N, d] and labels [C, N]
   (1 positive, 0 negative) with AxBench's AdamW, linear decay, batching and accumulation.
 
-  `init`: stacked heads to start from (default: `init_classifiers` seeded by training.seed). Returns the heads
+  `init`: stacked heads to start from (default: `init_classifiers` keyed by training.seed and concept id).
+  `concept_ids` (default 0..C-1) key each concept's order, initialisation and dropout. Returns the heads
   stacked [C, ...] and each optimizer step's loss [C, steps]. Concepts with fewer examples than N go in a call
   of their own.
   """
@@ -168,16 +173,21 @@ def train_classifiers(states, labels, training: ClassifierTraining = ClassifierT
   if min(training.batch_size, training.grad_accum, training.n_epochs) < 1 or not 0.0 <= training.dropout < 1.0:
     raise AxjaxError(f"batch_size, grad_accum and n_epochs must be >= 1 and dropout in [0, 1): {training}")
   c, n, d = states.shape
-  plans = [step_plan(orders, training) for orders in epoch_orders(c, n, training)]
+  concept_ids = np.arange(c) if concept_ids is None else np.asarray(concept_ids)
+  if concept_ids.shape != (c,):
+    raise AxjaxError(f"concept_ids must name the {c} concepts, got shape {concept_ids.shape}")
+  plans = [step_plan(orders, training) for orders in epoch_orders(concept_ids, n, training)]
   rows, weights = np.stack([p[0] for p in plans]), np.stack([p[1] for p in plans])
   k_init, k_drop = jax.random.split(jax.random.key(training.seed))
   if init is not None:
     _check_heads(init, d)
     if np.shape(init["b2"])[0] != c:
       raise AxjaxError(f"init has {np.shape(init['b2'])[0]} heads for {c} concepts")
-  mlp = init_classifiers(k_init, c, d) if init is None else jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), init)
+  per_concept = lambda key: jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(concept_ids, jnp.uint32))
+  mlp = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), init) if init is not None else jax.tree.map(
+      lambda a: a[:, 0], jax.vmap(lambda k: init_classifiers(k, 1, d))(per_concept(k_init)))
   mlp, losses = _train(mlp, jnp.asarray(states), jnp.asarray(labels, jnp.int32), jnp.asarray(rows),
-                       jnp.asarray(weights), jax.random.split(k_drop, c), training, plans[0][2])
+                       jnp.asarray(weights), per_concept(k_drop), training, plans[0][2])
   return mlp, np.asarray(losses)
 
 
@@ -221,7 +231,7 @@ def ig_baseline(params, config: GemmaConfig, ig: IGConfig = IGConfig()) -> Array
 def _check_heads(mlp: Params, hidden_size: int) -> None:
   """Refuses heads that are not stacked [C, ...] for this width."""
   d = hidden_size
-  expected = {"w1": (d, d // 2), "b1": (d // 2,), "w2": (d // 2, 2), "b2": (2,)}
+  expected = _head_shapes(d)
   if set(mlp) != set(expected) or any(np.shape(mlp[k])[1:] != s for k, s in expected.items()) or \
       len({np.shape(a)[0] for a in mlp.values()}) != 1:
     raise AxjaxError(f"classifier heads must be stacked [C, ...] with shapes {expected} for width {d}")
@@ -288,3 +298,76 @@ def token_scores(attributions: Array) -> Array:
   """Per-token detection scores s_t = sum_d |attr_{t,d}| [B, T] in float32."""
   chex.assert_rank(attributions, 3)
   return jnp.abs(attributions.astype(jnp.float32)).sum(-1)
+
+
+HEADS = ("w1", "b1", "w2", "b2")  # a dictionary's extras: each concept's classifier head
+_ROWS = 8  # eval rows per attribution batch
+_WIDTH_MULTIPLE = 128  # coarse width buckets: each shape compiles a backward pass, costlier than its padding
+
+
+def fit_concepts(name: str, cache, hp: dict, seed: int, progress, checkpoint_dir):
+  """The pipeline's IG/IxG fit (`fit.fit_method`): every concept's head trained on the final-layer last-token
+  states of its binarized examples (computed once for the chunk's shared rows), concepts with the same
+  example count in one vmapped call. Returns (extras: the heads [C, ...], {"loss": [steps, C]}, steps per
+  epoch)."""
+  del checkpoint_dir  # the heads train in seconds: no epoch state
+  ex, config = cache.tokenised("binarized"), cache.model.config
+  states = np.zeros((len(ex.tokens), config.hidden_size), np.float32)
+  for rows, placed in placed_batches([ex.tokens, ex.attention_mask], ex.attention_mask, 16, WIDTH_MULTIPLE,
+                                     cache.mesh):
+    states[rows] = processes.to_host(last_token_states(cache.placed_params, config, *placed))
+  training = ClassifierTraining(batch_size=hp["batch_size"], grad_accum=hp["gradient_accumulation_steps"],
+                                n_epochs=hp["n_epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], seed=seed)
+  counts = ex.row_valid.sum(axis=1)
+  heads = {k: np.zeros((len(counts), *s)) for k, s in _head_shapes(config.hidden_size).items()}
+  losses = {}
+  for group, n in enumerate(np.unique(counts)):
+    members = np.flatnonzero(counts == n)
+    rows = np.stack([ex.index[c][ex.row_valid[c]] for c in members])
+    labels = np.stack([ex.labels[c][ex.row_valid[c]] for c in members])
+    mlp, loss = train_classifiers(states[rows], labels, training, concept_ids=ex.concept_ids[members])
+    for k in HEADS:
+      heads[k][members] = np.asarray(mlp[k])
+    losses.update(zip(members, loss))
+    if progress is not None:
+      progress(f"train {name}", group + 1, len(np.unique(counts)))
+  steps = max(len(v) for v in losses.values())
+  record = np.full((steps, len(counts)), np.nan, np.float32)
+  for c, loss in losses.items():
+    record[:len(loss), c] = loss
+  per_epoch = -(-(-(-int(counts.max()) // training.batch_size)) // training.grad_accum)
+  return {k: v.astype(np.float32) for k, v in heads.items()}, {"loss": record}, per_epoch
+
+
+def _head_shapes(d: int) -> dict[str, tuple[int, ...]]:
+  return {"w1": (d, d // 2), "b1": (d // 2,), "w2": (d // 2, 2), "b2": (2,)}
+
+
+def detection_scores(dictionary, model, ex, layer: int, *, params=None, mesh=None, progress=None, **_
+                     ) -> tuple[np.ndarray, bool]:
+  """[E, C] max token score (s_t = sum_d |attr|, positions from the chat prefix on) of each latent-eval row
+  under its own concept's head, 0 in the other columns: attributions take a backward pass per row and head, so
+  only a concept's own rows are scored (False: no imbalanced pool)."""
+  params = model.params if params is None else params
+  column = {cid: j for j, cid in enumerate(dictionary.concept_ids)}
+  own = np.array([column.get(int(c), -1) for c in ex.concept_ids])
+  subset = np.flatnonzero(own >= 0)
+  heads = {k: dictionary.extras[k] for k in HEADS}
+  steps = dictionary.hyperparameters.get("steps")
+  baseline = None if steps is None else ig_baseline(params, model.config, IGConfig(steps=steps))
+  out = np.zeros((len(ex.concept_ids), dictionary.num_concepts), np.float32)
+  report = None if progress is None else (lambda done: progress(f"detection scores ({dictionary.method})", done,
+                                                                len(subset)))
+  cut = lambda a: a[subset]
+  for rows, (tokens, mask, score_mask) in placed_batches(
+      [cut(ex.tokens), cut(ex.attention_mask), cut(ex.score_mask)], cut(ex.attention_mask), _ROWS,
+      _WIDTH_MULTIPLE, mesh, report):
+    index = own[subset[rows]]
+    if steps is None:
+      attr, _ = input_x_gradient(params, model.config, layer, heads, index, tokens, mask)
+    else:
+      ig = IGConfig(steps=steps, step_chunk=math.gcd(steps, IGConfig.step_chunk))
+      attr, _ = integrated_gradients(params, model.config, layer, heads, index, tokens, mask, ig, baseline)
+    scores = processes.to_host(jnp.where(score_mask, token_scores(attr), -jnp.inf).max(axis=1))
+    out[subset[rows], index] = scores[:len(rows)]
+  return out, False

@@ -5,11 +5,12 @@ of the concept's binarized training examples and a `LogisticRegression(C=100, lb
 counts (positives 1, negatives 0). An example's detection score is P(positive): one score per example, not
 per token. Steering: none.
 
-The fitted concepts are kept as plain arrays so a dictionary store can hold them: one sorted vocabulary
-shared by all concepts (the union of theirs) and each concept's coefficients as a sparse row over it (CSR:
-`indptr`, `indices`, `coef`), plus an intercept per concept. A word outside a concept's own vocabulary has no
-coefficient in its row, which is exactly how that concept's vectorizer ignores it, so
-sigmoid(counts @ coef + intercept) over the shared vocabulary equals each concept's `predict_proba`.
+In memory the fitted concepts share one sorted vocabulary (the union of theirs) and each concept's coefficients
+are a sparse row over it (CSR: `indptr`, `indices`, `coef`), plus an intercept per concept. A word outside a
+concept's own vocabulary has no coefficient in its row, which is exactly how that concept's vectorizer ignores
+it, so sigmoid(counts @ coef + intercept) over the shared vocabulary equals each concept's `predict_proba`.
+A dictionary keeps each concept on its own (`to_extras`: its words as UTF-8 text, its coefficients in that
+order, zero-padded), so concept chunks concatenate.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from axjax.data.examples import BinarizedExamples
+from axjax.dictionary.store import text_array, texts_of
 from axjax.errors import AxjaxError
 
-ARRAY_NAMES = ("vocabulary", "indptr", "indices", "coef", "intercept")
+EXTRAS = ("vocabulary", "coef", "intercept")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,23 +120,44 @@ def scores(model: BowModel, texts: Sequence[str]) -> np.ndarray:
   return expit(logits)
 
 
-def to_arrays(model: BowModel) -> dict[str, np.ndarray]:
-  """The model as plain numpy arrays (str vocabulary, int64 indices, float64 values): npz-safe, no pickle."""
-  return {name: np.asarray(getattr(model, name)) for name in ARRAY_NAMES}
+def to_extras(model: BowModel) -> dict[str, np.ndarray]:
+  """Per concept: its words joined by newlines (UTF-8 bytes [C, L]), their coefficients [C, V] (float64,
+  zero-padded) and its intercept [C]: a dictionary's extras."""
+  rows = [slice(model.indptr[c], model.indptr[c + 1]) for c in range(model.num_concepts)]
+  coef = np.zeros((model.num_concepts, max(r.stop - r.start for r in rows)), np.float64)
+  for c, r in enumerate(rows):
+    coef[c, :r.stop - r.start] = model.coef[r]
+  words = ["\n".join(model.vocabulary[model.indices[r]]) for r in rows]
+  return {"vocabulary": text_array(words), "coef": coef, "intercept": np.asarray(model.intercept, np.float64)}
 
 
-def from_arrays(arrays: dict[str, np.ndarray]) -> BowModel:
-  """The model saved by `to_arrays`, checked for consistent shapes."""
-  missing = [name for name in ARRAY_NAMES if name not in arrays]
+def from_extras(extras: dict[str, np.ndarray]) -> BowModel:
+  """The model `to_extras` stored, checked for consistent shapes."""
+  missing = [name for name in EXTRAS if name not in extras]
   if missing:
     raise AxjaxError(f"BoW arrays lack {', '.join(missing)}")
-  vocabulary = np.asarray(arrays["vocabulary"]).astype(str)
-  indptr, indices = np.asarray(arrays["indptr"], np.int64), np.asarray(arrays["indices"], np.int64)
-  coef, intercept = np.asarray(arrays["coef"], np.float64), np.asarray(arrays["intercept"], np.float64)
-  consistent = (vocabulary.ndim == indptr.ndim == indices.ndim == coef.ndim == intercept.ndim == 1
-                and len(indptr) == len(intercept) + 1 and indptr[0] == 0 and np.all(np.diff(indptr) >= 0)
-                and indptr[-1] == len(indices) == len(coef)
-                and (not len(indices) or 0 <= indices.min() <= indices.max() < len(vocabulary)))
-  if not consistent:
-    raise AxjaxError("BoW arrays are inconsistent: indptr, indices, coef, intercept and vocabulary do not fit")
-  return BowModel(vocabulary=vocabulary, indptr=indptr, indices=indices, coef=coef, intercept=intercept)
+  words = [t.split("\n") if t else [] for t in texts_of(extras["vocabulary"])]
+  coef, intercept = np.asarray(extras["coef"], np.float64), np.asarray(extras["intercept"], np.float64)
+  if coef.ndim != 2 or intercept.shape != (len(words),) or len(coef) != len(words) or \
+      max(map(len, words)) > coef.shape[1]:
+    raise AxjaxError("BoW arrays are inconsistent: vocabulary, coef and intercept do not fit")
+  vocabulary = np.unique(np.concatenate([np.asarray(w, str) for w in words]))
+  columns = [np.searchsorted(vocabulary, w) for w in words]
+  return BowModel(vocabulary=vocabulary.astype(str), indptr=np.cumsum([0] + [len(w) for w in words]).astype(np.int64),
+                  indices=np.concatenate(columns).astype(np.int64),
+                  coef=np.concatenate([coef[c, :len(w)] for c, w in enumerate(words)]), intercept=intercept)
+
+
+def fit_concepts(name: str, cache, hp: dict, seed: int, progress, checkpoint_dir):
+  """The pipeline's BoW fit (`fit.fit_method`): extras of the cache's concepts from their binarized examples;
+  nothing is gradient-trained, so there is no record."""
+  del name, seed, progress, checkpoint_dir  # lbfgs is deterministic; AxBench's random_state is kept
+  examples = cache.tokenised("binarized")
+  return to_extras(fit_examples(examples, BowConfig(C=hp["C"], max_iter=hp["max_iter"]))), None, 0
+
+
+def detection_scores(dictionary, model, ex, layer: int, **_) -> tuple[np.ndarray, bool]:
+  """P(positive) [E, C] of every latent-eval text (`LatentEvalExamples`) under every concept: example-level, as
+  AxBench; cheap, so the imbalanced pool is scored too (True)."""
+  del model, layer
+  return scores(from_extras(dictionary.extras), ex.texts), True

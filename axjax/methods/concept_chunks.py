@@ -39,7 +39,7 @@ def activation_bytes(cache: ActivationCache, methods: Sequence[str], concept_ids
   for i, (rows, labels) in enumerate(per_concept):
     width = int(lengths[rows].max(initial=0)) + _TEMPLATE_TOKENS
     count = {"binarized": len(rows), "lm_all": len(rows), "lm_positive": int(np.sum(labels == 1))}
-    out[i] += sum(count[s] for s in sets) * width * row_bytes
+    out[i] += sum(count[s.partition("@")[0]] for s in sets) * width * row_bytes  # "@": another layer
   return out
 
 

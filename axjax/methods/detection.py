@@ -13,6 +13,7 @@ from axjax.data.examples import latent_eval_examples
 from axjax.dictionary import Dictionary
 from axjax.evaluation.detection_metrics import AXBENCH_NUM_EXAMPLES, detection_report, round_scores
 from axjax.loading.load import LoadedModel
+from axjax.methods import attribution, bow, prompting
 from axjax.methods.registry import method
 from axjax.methods.scoring import example_max_scores
 
@@ -41,19 +42,36 @@ def _report(dictionary: Dictionary, scores: np.ndarray, ex, imbalance_factor: in
   return report, dictionary.replace(max_activations=np.array(max_acts), thresholds=np.array(thresholds))
 
 
+# Example scores [E, C] of the detecting kinds other than "direction", and whether they cover the imbalanced
+# pool (every row under every concept) or only each concept's own rows.
+KIND_SCORES = {"bow": bow.detection_scores, "attribution": attribution.detection_scores,
+               "prompt": prompting.detection_scores}
+
+
 def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedModel, data: AxbenchData, layer: int,
                        imbalance_factor: int | None = 100, progress: Callable[[str, int, int], None] | None = None,
-                       mesh: jax.sharding.Mesh | None = None, params=None
+                       mesh: jax.sharding.Mesh | None = None, params=None, seed: int = 0
                        ) -> dict[str, tuple[dict[str, Any], Dictionary]]:
   """Detection report of each dictionary, and the dictionary with per-concept max activation and threshold.
 
-  One pass of the model over the latent-eval texts scores every concept of every dictionary at once (its
-  batches split over `mesh`'s concept axis; `params`: the model's weights already placed on it).
+  One pass of the model over the latent-eval texts scores every concept of every rank-1 dictionary at once (its
+  batches split over `mesh`'s concept axis; `params`: the model's weights already placed on it); the other
+  kinds score with their own `KIND_SCORES` (BoW, IG/IxG and PromptDetection: their imbalanced F1 only where
+  they score the shared pool).
   max activation: the concept's largest example score on its eval rows (what AxBench scales steering by);
   threshold: the Youden-J point of its ROC curve, mapped back from AxBench's min-max scale to raw scores.
   """
   ex = latent_eval_examples(data, model.tokenizer)
-  names = list(dictionaries)
+  out = {}
+  for name, dictionary in dictionaries.items():
+    kind = method(dictionary.method).kind
+    if kind != "direction":
+      scores, pooled = KIND_SCORES[kind](dictionary, model, ex, layer, data=data, seed=seed, mesh=mesh,
+                                         params=params, progress=progress)
+      out[name] = _report(dictionary, scores, ex, imbalance_factor if pooled else None)
+  names = [n for n in dictionaries if n not in out]
+  if not names:
+    return {n: out[n] for n in dictionaries}
   stack = lambda field: np.concatenate([np.asarray(getattr(dictionaries[n], field), np.float32) for n in names])
   relu = np.concatenate([np.full(dictionaries[n].num_concepts, method(dictionaries[n].method).relu_score)
                          for n in names])
@@ -64,5 +82,6 @@ def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedMode
                               ex.attention_mask, ex.score_mask, layer, stack("weights"), stack("biases"), relu,
                               floors, progress=report, mesh=mesh)
   bounds = np.cumsum([0] + [dictionaries[n].num_concepts for n in names])
-  return {n: _report(dictionaries[n], scores[:, bounds[i]:bounds[i + 1]], ex, imbalance_factor)
-          for i, n in enumerate(names)}
+  out.update({n: _report(dictionaries[n], scores[:, bounds[i]:bounds[i + 1]], ex, imbalance_factor)
+              for i, n in enumerate(names)})
+  return {n: out[n] for n in dictionaries}

@@ -19,13 +19,13 @@ import pandas as pd
 
 from axjax import atomic_files, processes, sharding
 from axjax.dictionary import Dictionary, load_dictionary, save_dictionary
-from axjax.dictionary.store import load_dictionary_npz, save_dictionary_npz
+from axjax.dictionary.store import concatenate, load_dictionary_npz, save_dictionary_npz
 from axjax.errors import AxjaxError
 from axjax.methods import concept_chunks
 from axjax.methods.detection import evaluate_detection
 from axjax.methods.fit import ActivationCache, FitResult, best_of_sweep, example_set, fit_method, fit_sweep
 from axjax.methods.joint_training import host_memory_budget
-from axjax.methods.registry import grid_label
+from axjax.methods.registry import grid_label, method
 
 
 def check_run(output_dir: str, settings: dict) -> None:
@@ -152,16 +152,10 @@ def _chunk_plan(output_dir: str, concept_ids: list[int], plan: Callable[[], list
 def _merge_parts(output_dir: str, parts: list[str], name: str) -> None:
   """One dictionary and training record of method `name` from the chunk folders, in chunk order."""
   found = [load_dictionary_npz(_part_dictionary(p, name, scratch=True)) for p in parts]
-  first = found[0]
-  hp = dict(first.hyperparameters)
-  if "sweep_selected" in hp:  # per concept: each chunk names its own concepts' points
-    hp["sweep_selected"] = sum((d.hyperparameters["sweep_selected"] for d in found), [])
-  merged = first.replace(hyperparameters=hp, weights=np.concatenate([d.weights for d in found]),
-                         biases=np.concatenate([d.biases for d in found]),
-                         concept_ids=sum((d.concept_ids for d in found), ()),
-                         concept_names=sum((d.concept_names for d in found), ()), max_activations=None,
-                         thresholds=None, extras={k: np.concatenate([d.extras[k] for d in found])
-                                                  for k in first.extras})
+  merged = concatenate(found)
+  if "sweep_selected" in merged.hyperparameters:  # per concept: each chunk names its own concepts' points
+    merged = merged.replace(hyperparameters={**merged.hyperparameters, "sweep_selected": sum(
+        (d.hyperparameters["sweep_selected"] for d in found), [])})
   save_dictionary(os.path.join(output_dir, "dictionaries", name), merged)
   records = [os.path.join(p, "training", f"{name}.parquet") for p in parts]
   if all(os.path.exists(r) for r in records):
@@ -176,7 +170,8 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
                   dead_latent_remedy: str = "none", memory_budget: int | None = None, max_chunk: int | None = None,
                   sweeps: Mapping[str, Sequence[dict]] | None = None,
                   log: Callable[[str], None] = print) -> tuple[dict[str, dict], dict[str, Dictionary]]:
-  """Detection report and dictionary (with max activations) of every method; finished work is read back.
+  """Detection report of every detecting method and dictionary (with max activations where it detects) of every
+  method; finished work is read back.
 
   The concepts train in chunks whose activations fit `memory_budget` bytes (default: half the free host
   memory) and hold at most `max_chunk` concepts: for each chunk, every method trains on activations computed
@@ -195,13 +190,15 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
   dict_path = lambda folder, name: os.path.join(folder, "dictionaries", name)
   entries = {m: [m] + [grid_label(m, point) for point in sweeps.get(m, ())] for m in methods}
   pending = []
-  for name in [n for m in methods for n in entries[m]]:
-    result_path = os.path.join(output_dir, "detection", f"{name}.json")
-    if os.path.exists(result_path) and os.path.exists(dict_path(output_dir, name)):
-      reports[name] = atomic_files.read_json(result_path)
-      dictionaries[name] = load_dictionary(dict_path(output_dir, name), hidden_size=hidden, layer=layer)
-    else:
-      pending.append(name)
+  for m in methods:
+    for name in entries[m]:
+      result_path = os.path.join(output_dir, "detection", f"{name}.json")
+      trained = os.path.exists(dict_path(output_dir, name))
+      if trained and (os.path.exists(result_path) or not method(m).detects):
+        reports.update({name: atomic_files.read_json(result_path)} if method(m).detects else {})
+        dictionaries[name] = load_dictionary(dict_path(output_dir, name), hidden_size=hidden, layer=layer)
+      else:
+        pending.append(name)
   untrained = [name for name in pending if not os.path.exists(dict_path(output_dir, name))]
   to_train = [m for m in methods if any(n in untrained for n in entries[m])]
   if untrained:
@@ -227,7 +224,7 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
       with processes.on_its_own() if shares > 1 else contextlib.nullcontext():
         part_cache = cache if in_place else ActivationCache(
             cache.model, cache.data, layer, cache.progress, concept_ids=chunk, max_examples=cache.max_examples,
-            mesh=local or cache.mesh, sae=cache.sae)
+            mesh=local or cache.mesh, sae=cache.sae, writer=cache.writer)
         if "binarized" in {example_set(n) for n in todo}:
           part_cache.examples("binarized")  # DiffMean/PCA then take their moments from these: one pass, not two
         for name in todo:
@@ -245,8 +242,10 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
   if pending:
     trained = {name: load_dictionary(dict_path(output_dir, name), hidden_size=hidden, layer=layer)
                for name in pending}
-    evaluated = evaluate_detection(trained, cache.model, cache.data, layer, imbalance_factor, cache.progress,
-                                   cache.mesh, cache.placed_params)
+    dictionaries.update({n: d for n, d in trained.items() if not method(d.method).detects})
+    evaluated = evaluate_detection({n: d for n, d in trained.items() if method(d.method).detects}, cache.model,
+                                   cache.data, layer, imbalance_factor, cache.progress, cache.mesh,
+                                   cache.placed_params, seed)
     for name, (report, dictionary) in evaluated.items():
       record_path = os.path.join(output_dir, "training", f"{name}.json")
       if os.path.exists(record_path):
@@ -257,7 +256,7 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
       reports[name], dictionaries[name] = report, dictionary
       log(f"{name}: mean AUROC {report['mean']['roc']['roc_auc']:.3f} over {len(report['concepts'])} concepts")
   names = [n for m in methods for n in entries[m]]
-  return {n: reports[n] for n in names}, {n: dictionaries[n] for n in names}
+  return {n: reports[n] for n in names if n in reports}, {n: dictionaries[n] for n in names}
 
 
 def training_records(output_dir: str, methods: Sequence[str]) -> dict[str, pd.DataFrame]:
@@ -267,7 +266,7 @@ def training_records(output_dir: str, methods: Sequence[str]) -> dict[str, pd.Da
 
 
 def _hard_negative(entry: dict) -> float | None:
-  return (entry["hard_negative"] or {}).get("macro_avg_accuracy")  # None: the concept has no hard negatives
+  return (entry.get("hard_negative") or {}).get("macro_avg_accuracy")  # None: the concept has no hard negatives
 
 
 # Per-concept value and mean of each metric a summary table can show.

@@ -23,7 +23,8 @@ from axjax.data.axbench_format import AxbenchData
 from axjax.dictionary import Dictionary
 from axjax.errors import AxjaxError
 from axjax.loading.load import LoadedModel
-from axjax.methods import activations, closed_form, objectives, sae_methods, token_moments
+from axjax.methods import (activations, adapter_methods, attribution, bow, closed_form, objectives, prompting,
+                           sae_methods, token_moments)
 from axjax.methods.activations import layer_activations
 from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly
 from axjax.methods.training_checkpoint import EpochCheckpoint
@@ -47,6 +48,7 @@ class ActivationCache:
   max_examples: int | None = None  # per concept, half positives and half negatives (AxBench's scaling sweep)
   mesh: jax.sharding.Mesh | None = None  # devices that share the work (default: every device, concept axis)
   sae: Any = None  # the GemmaScope SAE (`sae.Sae`) whose features the SAE methods choose from
+  writer: Any = None  # the LLM that writes PromptSteering's prompts (`prompting.Writer`); None: the fallback
   _sets: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
@@ -75,14 +77,16 @@ class ActivationCache:
     return None if self.progress is None else functools.partial(self.progress, f"activations ({kind})",
                                                                 total=total)
 
-  def examples(self, kind: str):
-    """The `tokenised(kind)` examples and their layer-L activations [U, T, d], computed once."""
-    if kind not in self._sets:
+  def examples(self, kind: str, layer: int | None = None):
+    """The `tokenised(kind)` examples and their activations [U, T, d] after `layer` (default L), computed once."""
+    layer = self.layer if layer is None else layer
+    key = kind if layer == self.layer else (kind, layer)
+    if key not in self._sets:
       ex = self.tokenised(kind)
-      acts = layer_activations(self.placed_params, self.model.config, ex.tokens, ex.attention_mask, self.layer,
+      acts = layer_activations(self.placed_params, self.model.config, ex.tokens, ex.attention_mask, layer,
                                progress=self._report(kind, len(ex.tokens)), mesh=self.mesh)
-      self._sets[kind] = (ex, acts)
-    return self._sets[kind]
+      self._sets[key] = (ex, acts)
+    return self._sets[key]
 
   def moments(self) -> token_moments.TokenMoments:
     """DiffMean's and PCA's statistics of the binarized examples, computed once: from the cached activations
@@ -104,10 +108,16 @@ class ActivationCache:
 
 
 def example_set(name: str) -> str | None:
-  """The example set (an `ActivationCache.examples` kind) whose activations method `name` keeps; None: none
-  (Random needs no examples, DiffMean and PCA stream `ActivationCache.moments`)."""
+  """The example set (an `ActivationCache.examples` kind, after "@" a layer other than L) whose activations
+  method `name` keeps; None: none (Random needs no examples, DiffMean and PCA stream `ActivationCache.moments`,
+  BoW, IG/IxG and prompting read texts or final states, SFT trains in the steering stage)."""
+  spec = method(name)
+  if spec.kind == "adapter":
+    return f"lm_positive@{spec.name}"  # below the adapters' first layer
+  if spec.kind != "direction":
+    return None
   return {"Random": None, "DiffMean": None, "PCA": None, "ReFT-r1": "lm_all", "SSV": "lm_positive"}.get(
-      method(name).name, "binarized")
+      spec.name, "binarized")
 
 
 def _lat(ex, acts: np.ndarray, seed: int) -> np.ndarray:
@@ -265,6 +275,12 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
     weights = closed_form.random_directions(ids, config.hidden_size, seed)
     bound = 1.0 / np.sqrt(config.hidden_size)  # AxBench keeps torch.nn.Linear's random bias
     biases = np.array([np.random.default_rng([seed, c]).uniform(-bound, bound) for c in ids], np.float32)
+  elif spec.kind in KIND_FITS:
+    extras, record, per_epoch = KIND_FITS[spec.kind](spec.name, cache, hp, seed, progress, checkpoint_dir)
+    hp = adapter_methods.resolved(spec.name, config, hp) if spec.kind == "adapter" else hp
+    if record is not None:
+      frame = _record_frame(record, np.array([c.concept_id for c in concepts]), per_epoch)
+    weights = None
   elif spec.trained:
     part = lambda label: None if checkpoint_dir is None else os.path.join(checkpoint_dir, label)
     weights, record, per_epoch = _train(spec, hp, cache, seed, progress, part("axbench"))
@@ -293,6 +309,13 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
   return FitResult(_dictionary(spec.name, cache, weights, biases, hp, extras), frame, dead, remedied)
 
 
+# How the methods of each kind other than "direction" fit: (name, cache, hp, seed, progress, checkpoint_dir) ->
+# (extras [C, ...], training record {name: [steps, C]} or None, steps per epoch). SFT trains while steering.
+KIND_FITS = {"adapter": adapter_methods.fit_adapters, "bow": bow.fit_concepts,
+             "attribution": attribution.fit_concepts, "prompt": prompting.fit_concepts,
+             "sft": lambda *_: ({}, None, 0)}
+
+
 def _concepts(cache: ActivationCache):
   return cache.data.concepts if cache.concept_ids is None else [cache.data.concept(c) for c in cache.concept_ids]
 
@@ -302,13 +325,17 @@ def _dictionary(name: str, cache: ActivationCache, weights: np.ndarray, biases: 
   concepts = _concepts(cache)
   return Dictionary(weights=weights, biases=biases, concept_ids=tuple(c.concept_id for c in concepts),
                     concept_names=tuple(c.name for c in concepts), method=name, model_name=cache.model.name,
-                    layer=cache.layer, hyperparameters=hp, extras=extras or {})
+                    layer=cache.layer, hyperparameters=hp, extras=extras or {},
+                    width=cache.model.config.hidden_size)
 
 
 def sweep_points(spec: MethodSpec, hp: dict[str, Any], grid: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """The grid with its values typed as the method's hyperparameters; refuses what cannot be swept."""
   if not spec.trained:
     raise AxjaxError(f"{spec.name} is not trained by gradient descent: it has nothing to sweep")
+  if spec.kind != "direction":
+    raise AxjaxError(f"{spec.name} cannot be swept inside one training step (only rank-1 methods can); run other "
+                     "values as separate runs")
   points = []
   for point in grid:
     bad = [k for k in point if k not in SWEEPABLE or k not in hp]

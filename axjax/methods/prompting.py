@@ -19,6 +19,7 @@ import numpy as np
 
 from axjax.data import chat_format
 from axjax.data.axbench_format import AxbenchData
+from axjax.dictionary.store import text_array
 from axjax.errors import AxjaxError
 from axjax.generation.sampling import SamplingConfig
 from axjax.generation.text import generate_text
@@ -62,19 +63,9 @@ def openai_writer(judge: OpenAIJudge) -> Writer:
   """The openai judge's endpoint as a writer: its reply cache, thread pool, retries and sampling settings.
 
   AxBench asks at temperature 1.0 with no token limit: give the judge's config a `max_tokens` that fits a prompt
-  with in-context examples (e.g. 1024). OpenAIJudge has no public completion call yet, so this adapter uses the
-  request path `rate` uses (`_cache`, `_ask_all`); nothing of it is re-implemented here.
+  with in-context examples (e.g. 1024).
   """
-
-  def complete(prompts: Sequence[str]) -> list[str]:
-    unique = list(dict.fromkeys(prompts))
-    replies = {p: hit.text for p in unique if (hit := judge._cache.get(judge.config.model, p)) is not None}
-    missing = [p for p in unique if p not in replies]
-    if missing:
-      judge._ask_all(missing, replies, None, len(unique))
-    return [replies[p] for p in prompts]
-
-  return Writer(judge.name, complete)
+  return Writer(judge.name, judge.complete)
 
 
 def local_writer(model: LoadedModel, *, max_new_tokens: int = 512, temperature: float = 1.0, seed: int = 0,
@@ -156,3 +147,31 @@ def prompt_detection_scores(model: LoadedModel, data: AxbenchData, **options) ->
     raise AxjaxError(f"{data.folder} has no inference/latent_eval_data.parquet to evaluate detection on")
   concepts = [data.concept(int(c)).name for c in df["concept_id"]]
   return rate_outputs(model, concepts, df["output"].tolist(), **options)
+
+
+def fit_concepts(name: str, cache, hp: dict, seed: int, progress, checkpoint_dir):
+  """The pipeline's prompting "fit" (`fit.fit_method`): PromptSteering writes each concept's steering prompt with
+  `cache.writer` (AxBench's fallback where there is none) and keeps it and its source as UTF-8 extras;
+  PromptDetection learns nothing."""
+  del hp, seed, progress, checkpoint_dir
+  if name == "PromptDetection":
+    return {}, None, 0
+  names = [cache.data.concept(c).name for c in cache.concept_ids] if cache.concept_ids else [
+      c.name for c in cache.data.concepts]
+  written = steering_prompts(names, cache.writer)
+  return {"prompt": text_array(p for p, _ in written), "prompt_source": text_array(s for _, s in written)}, None, 0
+
+
+def detection_scores(dictionary, model, ex, layer: int, *, data: AxbenchData, seed: int = 0, **_
+                     ) -> tuple[np.ndarray, bool]:
+  """PromptDetection's [E, C] scores: each latent-eval row rated for its own concept (`prompt_detection_scores`),
+  0 in the other columns (a generation per row and concept is too dear for the imbalanced pool: False)."""
+  del layer
+  column = {cid: j for j, cid in enumerate(dictionary.concept_ids)}
+  own = np.array([column.get(int(c), -1) for c in ex.concept_ids])
+  hp = dictionary.hyperparameters
+  rated = prompt_detection_scores(model, data, max_new_tokens=hp["max_new_tokens"], temperature=hp["temperature"],
+                                  seed=seed)
+  out = np.zeros((len(own), dictionary.num_concepts), np.float32)
+  out[np.flatnonzero(own >= 0), own[own >= 0]] = rated[own >= 0]
+  return out, False

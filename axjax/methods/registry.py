@@ -1,4 +1,14 @@
-"""The rank-1 methods axjax trains or selects, with AxBench's hyperparameters and detection score for each."""
+"""Every method axjax runs, by kind, with AxBench's hyperparameters, and what it does: detect, steer, or both.
+
+Kinds (each has one module that trains it, scores detection with it and/or steers with it):
+- "direction": rank-1 dictionaries (DiffMean, PCA, LAT, LinearProbe, ReFT-r1, SSV, Random, SAE features);
+  detection scores h . w (+ b, or ReLU), steering adds factor * max_act * w.
+- "adapter": LoReFT and LoRA (`adapter_training`), several layers at once; steering without a factor.
+- "sft": a full fine-tune per concept (`sft`), trained in the steering stage; steering without a factor.
+- "bow": AxBench's bag-of-words classifier (`bow`); example-level detection scores.
+- "attribution": IntegratedGradients / InputXGradients (`attribution`); token scores from attributions.
+- "prompt": PromptSteering (a written steering prompt) and PromptDetection (the model rates the concept).
+"""
 
 from __future__ import annotations
 
@@ -10,18 +20,36 @@ from axjax.errors import AxjaxError
 from axjax.model.config import GemmaConfig
 
 
+KINDS = ("direction", "adapter", "sft", "bow", "attribution", "prompt")
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-  """What a method is: how it is trained and how its direction scores a token."""
+  """What a method is: its kind, how it is trained, and whether it detects and steers."""
 
   name: str
   trained: bool  # gradient-trained (jointly over concepts) rather than computed in closed form
   relu_score: bool  # detection score ReLU(h . w) (ReFT-r1, SSV) instead of h . w + b
   small: dict[str, Any]  # AxBench's hyperparameters for Gemma-2-2B-class models
   large: dict[str, Any]  # ... and for Gemma-2-9B-class models (where AxBench's 9B sweeps differ)
+  kind: str = "direction"
+  detects: bool = True  # AxBench's LATENT_EXCLUDE_MODELS have no detection
+  steers: bool = True  # AxBench's STEERING_EXCLUDE_MODELS do not steer
+
+  @property
+  def uses_factor(self) -> bool:
+    """Steering scales a direction by a factor; the other methods steer without one (AxBench averages their
+    rows over factors, so axjax generates them once per instruction)."""
+    return self.kind == "direction"
 
 
 _CLOSED = {"batch_size": 6, "n_epochs": 1}
+_ADAPTER = {"n_epochs": 24, "weight_decay": 0.0, "low_rank_dimension": 4, "layers": "auto"}
+_SFT = {"batch_size": 18, "gradient_accumulation_steps": 4, "n_epochs": 8, "lr": 4e-5, "weight_decay": 0.0,
+        "max_grad_norm": 1.0, "max_concepts": 20, "dtype": "float32"}
+# ig.yaml (the MLP head on the final-layer last-token state); 9B: accumulation 8, 72 epochs, lr 8e-5.
+_IG = {"batch_size": 18, "gradient_accumulation_steps": 2, "n_epochs": 24, "lr": 4e-4, "weight_decay": 2e-4}
+_IG_9B = {**_IG, "gradient_accumulation_steps": 8, "n_epochs": 72, "lr": 8e-5}
 METHODS: dict[str, MethodSpec] = {m.name: m for m in [
     MethodSpec("DiffMean", False, False, _CLOSED, _CLOSED),
     MethodSpec("PCA", False, False, _CLOSED, _CLOSED),
@@ -43,13 +71,42 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
     # One GemmaScope SAE feature per concept (--sae_path), chosen on the training data; JumpReLU scores.
     MethodSpec("SAE-A", False, True, {}, {}),
     MethodSpec("SAE-MaxDiff", False, True, {}, {}),
+    # AxBench's sweeps (axbench/sweep/wuzhengx/{2b,9b}/*/{loreft,lora}.yaml); "large" is 9B (its L31 LoRA run
+    # uses batch 9 x accumulation 4, the same 36 rows per step). `layers`: "auto" (`adapter_training.
+    # default_layers`) or e.g. "5+10+15+20". `max_grad_norm`: each concept's gradient clipped to this global norm
+    # (0: none), as reft.py / lora.py; `accumulate`: "sum" is LoReFT's backward-before-division quirk.
+    MethodSpec("LoReFT", True, False,
+               {**_ADAPTER, "batch_size": 18, "gradient_accumulation_steps": 2, "lr": 9e-4, "positions": "f5+l5",
+                "accumulate": "sum", "max_grad_norm": 1.0},
+               {**_ADAPTER, "batch_size": 9, "gradient_accumulation_steps": 4, "lr": 4e-4, "positions": "f5+l5",
+                "accumulate": "sum", "max_grad_norm": 1.0}, kind="adapter", detects=False),
+    MethodSpec("LoRA", True, False,
+               {**_ADAPTER, "batch_size": 18, "gradient_accumulation_steps": 2, "lr": 9e-4, "lora_alpha": 32.0,
+                "dropout": 0.05, "accumulate": "mean", "max_grad_norm": 0.0},
+               {**_ADAPTER, "batch_size": 18, "gradient_accumulation_steps": 2, "lr": 5e-3, "lora_alpha": 32.0,
+                "dropout": 0.05, "accumulate": "mean", "max_grad_norm": 0.0}, kind="adapter", detects=False),
+    # sft.yaml (2B only; AxBench trains 9B with FSDP): the first 20 concepts.
+    MethodSpec("SFT", True, False, _SFT, _SFT, kind="sft", detects=False),
+    # bow.yaml: CountVectorizer + LogisticRegression(C=100, lbfgs, max_iter=1000), random_state 42.
+    MethodSpec("BoW", False, False, {"C": 100.0, "max_iter": 1000}, {"C": 100.0, "max_iter": 1000}, kind="bow",
+               steers=False),
+    MethodSpec("IntegratedGradients", True, False, {**_IG, "steps": 50}, {**_IG_9B, "steps": 50},
+               kind="attribution", steers=False),
+    MethodSpec("InputXGradients", True, False, _IG, _IG_9B, kind="attribution", steers=False),
+    # A steering prompt per concept, written by `--prompt_writer` (else AxBench's fixed fallback, labelled).
+    MethodSpec("PromptSteering", False, False, {}, {}, kind="prompt", detects=False),
+    # prompt_detection.yaml: the model rates each eval output with the concept rubric (512 tokens, temperature 1).
+    MethodSpec("PromptDetection", False, False, {"max_new_tokens": 512, "temperature": 1.0},
+               {"max_new_tokens": 512, "temperature": 1.0}, kind="prompt", steers=False),
 ]}
 # Hyperparameters that name a variant, with their choices. LinearProbe.loss: "axbench" is BCELoss(sigmoid(z))
 # with torch's saturating gradients, "stable" the log-sigmoid form. ReFT-r1.topk_candidates: "axbench" lets
 # copies of a pad token's latent enter the top-k as AxBench's batching does, "real" uses real tokens only.
-CHOICES = {"loss": ("axbench", "stable"), "topk_candidates": ("axbench", "real")}
+CHOICES = {"loss": ("axbench", "stable"), "topk_candidates": ("axbench", "real"), "accumulate": ("sum", "mean"),
+           "dtype": ("float32", "bfloat16")}
 ALIASES = {"LsReFT": "ReFT-r1", "ReFT_r1": "ReFT-r1", "Probe": "LinearProbe", "SteeringVector": "SSV",
-           "GemmaScopeSAEMaxAUC": "SAE-A", "SAE-MaxAUC": "SAE-A", "GemmaScopeSAEMaxDiff": "SAE-MaxDiff"}
+           "GemmaScopeSAEMaxAUC": "SAE-A", "SAE-MaxAUC": "SAE-A", "GemmaScopeSAEMaxDiff": "SAE-MaxDiff",
+           "IG": "IntegratedGradients", "IxG": "InputXGradients", "Prompt": "PromptSteering"}
 
 
 def method(name: str) -> MethodSpec:
@@ -58,6 +115,16 @@ def method(name: str) -> MethodSpec:
   if spec is None:
     raise AxjaxError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
   return spec
+
+
+def detecting(names: list[str]) -> list[str]:
+  """The methods among `names` that detect concepts."""
+  return [n for n in names if method(n).detects]
+
+
+def steering(names: list[str]) -> list[str]:
+  """The methods among `names` that steer."""
+  return [n for n in names if method(n).steers]
 
 
 def hyperparameters(spec: MethodSpec, config: GemmaConfig, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ from axjax.generation.text import encode_prompts, left_pad, stop_token_ids
 from axjax.loading.load import LoadedModel
 from axjax.model.interventions import clamping, steering, steering_params
 from axjax.steering_eval.protocol import SteeringProtocol
+from axjax.steering_eval.row_steerers import RowSteerer, Run
 
 COLUMNS = {"row_id": "int64", "generation": "object", "generated_tokens": "int32", "perplexity": "float64"}
 Progress = Callable[[int, int], None]
@@ -49,15 +50,20 @@ def read_shards(shard_dir: str) -> pd.DataFrame:
 def generate_rows(model: LoadedModel, rows: pd.DataFrame, vectors: np.ndarray, strengths: np.ndarray, *,
                   layer: int, protocol: SteeringProtocol, seed: int, batch_size: int, shard_dir: str,
                   length_bucket: int = 32, progress: Progress | None = None,
-                  mesh: jax.sharding.Mesh | None = None, params=None) -> pd.DataFrame:
+                  mesh: jax.sharding.Mesh | None = None, params=None,
+                  steerers: Mapping[str, RowSteerer] | None = None) -> pd.DataFrame:
   """Generation, its token count and its perplexity under the unsteered model for every row (COLUMNS).
 
-  `rows` as from `steering_rows` (positional index), `vectors` [N, d] and `strengths` [N] from `row_vectors`.
+  `rows` as from `steering_rows` (positional index), `vectors` [N, d] and `strengths` [N] from `row_vectors`
+  for the rows of methods that add a vector; the rows of a method in `steerers` generate its way instead (one
+  group per method, or per concept for a `per_concept` steerer), their vector rows unused. Perplexity is
+  always that of the generation after the instruction's own chat prompt.
   With a `mesh`, each batch's rows (the batch rounded up to a multiple of its concept axis) are split over
   that axis; `params`: the model's weights already placed on it (default: `model.params`).
   """
   tok = model.tokenizer
   pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+  steerers = steerers or {}
   done = read_shards(shard_dir)
   todo = np.flatnonzero(~rows["row_id"].isin(done["row_id"]).to_numpy())
   if progress is not None:
@@ -67,36 +73,64 @@ def generate_rows(model: LoadedModel, rows: pd.DataFrame, vectors: np.ndarray, s
   unique = list(rows["instruction"].unique())
   prompts = dict(zip(unique, encode_prompts(tok, unique, True)))
   encoded = [prompts[i] for i in rows["instruction"]]
-  todo = todo[np.lexsort((todo, [len(encoded[i]) for i in todo]))]  # short prompts together: little padding
   keys = row_keys(seed, rows)
-  intervention = (steering if protocol.intervention == "addition" else clamping)(layer)
   sampling = SamplingConfig(protocol.max_new_tokens, protocol.temperature)
-  skip = prefix_length(tok) if protocol.intervention == "clamping" else 0  # AxBench's clamping keeps the prefix
   stops = stop_token_ids(tok)
-  finished = len(rows) - len(todo)
   batch_size, put = sharding.batch_placement(mesh, batch_size)
   params = model.params if params is None else params
-  for start in range(0, len(todo), batch_size):
-    batch = todo[start:start + batch_size]
-    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch))])  # fixed batch shape
-    ids, mask = left_pad([encoded[i] for i in padded], pad_id, length_bucket)
-    steer_mask = mask & (np.cumsum(mask, axis=1) > skip)
-    ids, mask, row_key, vector, strength, steer_mask = put(ids, mask, keys[padded], vectors[padded],
-                                                           strengths[padded], steer_mask)
-    out = generate_tokens(params, model.config, ids, mask, row_key, sampling, stops, pad_id, intervention,
-                          steering_params(vector, strength), steer_mask)
-    tokens, lengths = processes.to_host(out.tokens), processes.to_host(out.lengths)
-    generated = [tokens[j, :lengths[j]].tolist() for j in range(len(batch))]
-    perplexity = continuation_perplexity(model, [encoded[i] for i in batch], generated, batch_size=batch_size)
-    shard = pd.DataFrame({"row_id": rows["row_id"].to_numpy()[batch],
-                          "generation": [tok.decode(g, skip_special_tokens=True) for g in generated],
-                          "generated_tokens": lengths[:len(batch)].astype(np.int32), "perplexity": perplexity})
-    atomic_files.write_parquet(os.path.join(shard_dir, f"part-{int(shard['row_id'].min()):07d}.parquet"), shard)
-    done = pd.concat([done, shard], ignore_index=True)
-    finished += len(batch)
-    if progress is not None:
-      progress(finished, len(rows))
-  return _ordered(done, rows)
+  state = {"done": done, "finished": len(rows) - len(todo)}
+
+  def run_group(group: np.ndarray, run: Run, inputs: list[list[int]]) -> None:
+    group = group[np.lexsort((group, [len(inputs[i]) for i in group]))]  # short prompts together: little padding
+    for start in range(0, len(group), batch_size):
+      batch = group[start:start + batch_size]
+      padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch))])  # fixed batch shape
+      ids, mask = left_pad([inputs[i] for i in padded], pad_id, length_bucket)
+      out = run(params, *put(ids, mask, keys[padded]), rows.iloc[padded])
+      tokens, lengths = processes.to_host(out.tokens), processes.to_host(out.lengths)
+      generated = [tokens[j, :lengths[j]].tolist() for j in range(len(batch))]
+      perplexity = continuation_perplexity(model, [encoded[i] for i in batch], generated, batch_size=batch_size)
+      shard = pd.DataFrame({"row_id": rows["row_id"].to_numpy()[batch],
+                            "generation": [tok.decode(g, skip_special_tokens=True) for g in generated],
+                            "generated_tokens": lengths[:len(batch)].astype(np.int32), "perplexity": perplexity})
+      atomic_files.write_parquet(os.path.join(shard_dir, f"part-{int(shard['row_id'].min()):07d}.parquet"), shard)
+      state["done"] = pd.concat([state["done"], shard], ignore_index=True)
+      state["finished"] += len(batch)
+      if progress is not None:
+        progress(state["finished"], len(rows))
+
+  methods = rows["method"].to_numpy()
+  vector_rows = todo[~np.isin(methods[todo], list(steerers))]
+  if len(vector_rows):
+    run_group(vector_rows, _vector_run(model.config, layer, protocol, sampling, stops, pad_id, tok, vectors,
+                                       strengths, put), encoded)
+  for name, steerer in steerers.items():
+    mine = todo[methods[todo] == name]
+    inputs = encoded
+    if steerer.inputs is not None and len(mine):
+      texts = dict(zip(mine, steerer.inputs(rows.iloc[mine])))
+      inputs = {i: tok(texts[i]).input_ids for i in mine}
+    concepts = rows["concept_id"].to_numpy()[mine]
+    for concept in (np.unique(concepts) if steerer.per_concept else [None] if len(mine) else []):
+      group = mine if concept is None else mine[concepts == concept]
+      run_group(group, steerer.start(None if concept is None else int(concept)), inputs)
+  return _ordered(state["done"], rows)
+
+
+def _vector_run(config, layer: int, protocol: SteeringProtocol, sampling: SamplingConfig, stops, pad_id: int, tok,
+                vectors: np.ndarray, strengths: np.ndarray, put) -> Run:
+  """Rows that add (or clamp) their own vector at `layer` with their own strength."""
+  intervention = (steering if protocol.intervention == "addition" else clamping)(layer)
+  skip = prefix_length(tok) if protocol.intervention == "clamping" else 0  # AxBench's clamping keeps the prefix
+
+  def run(params, ids, mask, keys, batch):
+    index = batch.index.to_numpy()
+    vector, strength = put(vectors[index], strengths[index])
+    steer_mask = mask & (jnp.cumsum(mask, axis=1) > skip)
+    return generate_tokens(params, config, ids, mask, keys, sampling, stops, pad_id, intervention,
+                           steering_params(vector, strength), steer_mask)
+
+  return run
 
 
 def _ordered(done: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:

@@ -38,18 +38,26 @@ class Profile:
   methods: tuple[str, ...]
   max_concepts: int | None
   protocol: SteeringProtocol
+  prompt_writer: str = "judge"  # who writes PromptSteering's prompts: the judge's LLM, or "fallback" (labelled)
 
 
 PROFILES = {
-    # The whole AxBench protocol: every concept, the 14-factor grid, 10 instructions (5 select, 5 test).
-    "paper": Profile(("DiffMean", "PCA", "LAT", "LinearProbe", "ReFT-r1", "SSV"), None, SteeringProtocol()),
+    # The whole AxBench protocol: every concept, the 14-factor grid, 10 instructions (5 select, 5 test), Table 2's
+    # steering methods (SFT on its first 20 concepts) and Table 1's detection-only ones; `SAE_METHODS` join them
+    # when an SAE is given.
+    "paper": Profile(("PromptSteering", "LoReFT", "SFT", "LoRA", "ReFT-r1", "DiffMean", "LAT", "PCA", "LinearProbe",
+                      "SSV", "PromptDetection", "BoW", "IntegratedGradients", "InputXGradients"), None,
+                     SteeringProtocol()),
     # Minutes on a 2-core CPU: three concepts, two closed-form methods, five factors, short generations. Its factors
     # reach below AxBench's grid: the 270M model's max activations are inflated by one outlier dimension of its
     # residual stream (~1.7e4 at layer 12), so AxBench's smallest factor, 0.2, already swamps the stream there.
-    "quick": Profile(("DiffMean", "PCA"), 3, SteeringProtocol(factors=(0.02, 0.05, 0.1, 0.2, 0.5),
-                                                               instructions_per_concept=4, select_count=2,
-                                                               max_new_tokens=128)),
+    # PromptSteering, the win-rate baseline, costs one generation per instruction; offline its prompt is AxBench's
+    # fixed fallback, labelled as such.
+    "quick": Profile(("PromptSteering", "DiffMean", "PCA"), 3,
+                     SteeringProtocol(factors=(0.02, 0.05, 0.1, 0.2, 0.5), instructions_per_concept=4,
+                                      select_count=2, max_new_tokens=128), prompt_writer="fallback"),
 }
+SAE_METHODS = ("SAE-A",)  # the paper profile's SAE rows, run when --sae_path is given
 
 
 def profile(name: str) -> Profile:

@@ -33,12 +33,14 @@ PANELS = (("score", "Overall (harmonic mean)"), ("concept_rating", "Concept"),
 def write_report(output_dir: str, df: pd.DataFrame, *, judge_name: str, judge_is_proxy: bool,
                  judge_usage: dict, baseline: str | None, detection: dict[str, dict] | None,
                  settings: dict, training: dict[str, pd.DataFrame] | None = None,
-                 described: list[dict] | None = None) -> dict[str, Any]:
+                 described: list[dict] | None = None, methods: list[str] | None = None) -> dict[str, Any]:
   """Scores `df` as AxBench does and writes results.json, report.md and plots into output_dir; returns results.json.
 
   `detection` maps a method to its detection_report output and adds an AUROC table and ROC plot; `training`
   maps a gradient-trained method to its training record and adds loss curves; `described` (descriptions'
-  `describe` outputs) adds the output-centric description tables and descriptions.json.
+  `describe` outputs) adds the output-centric description tables and descriptions.json. Every method of
+  `methods` gets a row in the steering and detection tables: "n/a" where it does not steer or detect (AxBench's
+  detection-only and steering-only methods).
   """
   curves = scores.factor_curves(df)
   selection = scores.select_factors(df)
@@ -60,6 +62,7 @@ def write_report(output_dir: str, df: pd.DataFrame, *, judge_name: str, judge_is
       "heldout": _records(heldout),
       "factor_curves": _records(mean_curves),
       "detection": aurocs,
+      "methods": list(methods or summary["method"]),
       "files": [RESULTS, REPORT, *plots, *([descriptions.FILE] if described else [])],
   }
   if described:
@@ -102,7 +105,7 @@ def _markdown(results: dict[str, Any], described: list[dict]) -> str:
   lines += _concept_table(concepts, methods, lambda method, concept_id: _number(selected.get((method, concept_id)),
                                                                                  "g"))
   if results["detection"] is not None:
-    lines += _detection_tables(results["detection"], concepts)
+    lines += _detection_tables(results["detection"], concepts, results["methods"])
   if described:
     lines += ["## Output-centric descriptions", "", "Each concept's vector read through the unembedding (logit lens) "
               "and added at its max activation after neutral prompts (`descriptions.json` has every token).", ""]
@@ -131,6 +134,8 @@ def _summary_table(results: dict[str, Any], tag: str) -> list[str]:
       winrate = wins.get(row["method"])
       cells.insert(-1, "–" if winrate is None else f"{100 * winrate:.1f}%")
     rows.append(cells)
+  steered = {row["method"] for row in results["summary"]}
+  rows += [[_cell(m)] + ["n/a"] + ["–"] * (len(header) - 2) for m in results["methods"] if m not in steered]
   note = ("Overall score: per generation the harmonic mean of the three 0–2 ratings (0 if any is 0), averaged over "
           "the held-out instructions at the selected factor, then over concepts.")
   return [f"## Steering (AxBench Table 2 layout){tag}", ""] + _table(header, rows) + [note, ""]
@@ -143,13 +148,13 @@ def _concept_table(concepts: dict[int, str], methods: list[str], value: Callable
   return _table(["Concept", "Name", *map(_cell, methods)], rows)
 
 
-def _detection_tables(aurocs: dict[str, Any], concepts: dict[int, str]) -> list[str]:
-  """Mean AUROC per method, then AUROC per concept and method."""
+def _detection_tables(aurocs: dict[str, Any], concepts: dict[int, str], every: list[str]) -> list[str]:
+  """Mean AUROC per method (n/a for the methods of `every` without detection), then AUROC per concept and method."""
   methods = list(aurocs)
   lines = ["## Concept detection (AUROC)", ""]
   lines += _table(["Method", "Mean AUROC", "Concepts"],
                   [[_cell(method), _number(aurocs[method]["roc_auc"]), str(aurocs[method]["num_concepts"])]
-                   for method in methods])
+                   for method in methods] + [[_cell(m), "n/a", "–"] for m in every if m not in aurocs])
   per_concept = {(method, entry["concept_id"]): entry["roc_auc"] for method in methods
                  for entry in aurocs[method]["concepts"]}
   ids = dict.fromkeys(concept_id for _, concept_id in per_concept)

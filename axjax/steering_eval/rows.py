@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,16 +14,19 @@ from axjax.steering_eval.protocol import SteeringProtocol
 
 
 def steering_rows(methods: Sequence[str], concepts: Sequence[tuple[int, str]], instructions: Sequence[str],
-                  protocol: SteeringProtocol) -> pd.DataFrame:
+                  protocol: SteeringProtocol, factorless: Collection[str] = ()) -> pd.DataFrame:
   """One row per (method, concept, factor, instruction), in that nesting order, with a stable `row_id`.
 
   Instructions are drawn per concept as AxBench draws them; the first `select_count` form the "select" split.
+  Methods in `factorless` (LoReFT, LoRA, SFT, prompting) get one row per instruction, factor NaN: AxBench gives
+  them a row per factor, which it ignores, and averages them, the same expectation at 1/len(factors) the cost.
   """
   records = []
   for method in methods:
+    factors = [np.nan] if method in factorless else protocol.factors
     for concept_id, concept in concepts:
       drawn = draw_instructions(len(instructions), concept_id, protocol.instructions_per_concept)
-      for factor_index, factor in enumerate(protocol.factors):
+      for factor_index, factor in enumerate(factors):
         for position, index in enumerate(drawn):
           records.append((method, concept_id, concept, float(factor), factor_index, position, instructions[index],
                           "select" if position < protocol.select_count else "test"))
@@ -42,13 +45,16 @@ def steering_magnitude(max_activations: np.ndarray) -> np.ndarray:
 
 def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary]) -> tuple[np.ndarray, np.ndarray]:
   """Each row's steering vector [N, d] as stored in its method's dictionary (`Dictionary.steering_vectors`),
-  and its strength [N] = factor * the concept's `steering_magnitude` (AxBench's rule)."""
+  and its strength [N] = factor * the concept's `steering_magnitude` (AxBench's rule); zero for the rows of a
+  method steering without a factor."""
   width = {d.hidden_size for d in dictionaries.values()}
   if len(width) != 1:
     raise AxjaxError(f"the dictionaries to steer with have different widths {sorted(width)}")
   vectors = np.zeros((len(rows), width.pop()), np.float32)
   strengths = np.zeros(len(rows), np.float32)
   for method, group in rows.groupby("method", sort=False):
+    if group["factor"].isna().all():
+      continue
     if method not in dictionaries:
       raise AxjaxError(f"there is no dictionary for method {method!r} to steer with")
     d = dictionaries[method]
