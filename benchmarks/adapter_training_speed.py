@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 import axjax  # noqa: E402
+from axjax.benchmarks.side_by_side import torch_reference  # noqa: E402
 from axjax.data import batching  # noqa: E402
 from axjax.data.axbench_format import read_axbench  # noqa: E402
 from axjax.data.examples import LMExamples, lm_examples  # noqa: E402
@@ -129,10 +130,8 @@ def axjax_call(kind: str, model, examples: LMExamples, acts: np.ndarray, overrid
 def load_torch_model(model):
   """transformers' Gemma3ForCausalLM of the embedded GGUF (dequantised to float32 by transformers), frozen."""
   import torch
-  import transformers
 
-  reference = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(model.source), gguf_file=os.path.basename(model.source), dtype=torch.float32)
+  reference = torch_reference(model, torch.float32)
   for p in reference.parameters():
     p.requires_grad_(False)
   return reference

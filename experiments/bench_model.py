@@ -32,10 +32,8 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import flags
 
@@ -46,6 +44,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import axjax  # noqa: E402
+from axjax.benchmarks.side_by_side import time_alternating, torch_reference  # noqa: E402
 from axjax.benchmarks import load_memory  # noqa: E402
 from axjax.generation.decode import generate_tokens  # noqa: E402
 from axjax.generation.sampling import SamplingConfig  # noqa: E402
@@ -178,12 +177,7 @@ def load_pair(model: str, dtype: str) -> Pair:
       reference = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
     return Pair(config, params, reference.eval(), device, same_weights=False, tokenizer=tokenizer)
   lm = axjax.load(model, dtype=dtype)
-  if os.path.isdir(lm.source):
-    reference = transformers.AutoModelForCausalLM.from_pretrained(lm.source, dtype=torch_dtype)
-  else:
-    reference = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(lm.source), gguf_file=os.path.basename(lm.source), dtype=torch_dtype)
-  reference = reference.to(device)
+  reference = torch_reference(lm, torch_dtype).to(device)
   return Pair(lm.config, lm.params, reference.eval(), device, same_weights=True, tokenizer=lm.tokenizer)
 
 
@@ -209,22 +203,6 @@ def sync(device) -> None:
     torch.cuda.synchronize()
 
 
-def time_alternating(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-  """Median seconds per run; one warm-up each, then the runs take turns so background load hits all alike."""
-  for name, run in runs.items():
-    start = time.perf_counter()
-    run()
-    log(f"  warm-up {name}: {time.perf_counter() - start:.2f}s")
-  times = {name: [] for name in runs}
-  for i in range(repeats):
-    for name, run in runs.items():
-      start = time.perf_counter()
-      run()
-      times[name].append(time.perf_counter() - start)
-    log(f"  repeat {i + 1}/{repeats}: " + ", ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items()))
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
 def bench_forward(pair: Pair) -> dict[str, Any]:
   """Forward tokens/s with full logits, one batch of random ids on both sides."""
   import torch
@@ -245,7 +223,7 @@ def bench_forward(pair: Pair) -> dict[str, Any]:
     sync(pair.device)
     return logits
 
-  seconds = time_alternating({"axjax": run_axjax, "transformers": run_reference}, FLAGS.repeats)
+  _, seconds = time_alternating({"axjax": run_axjax, "transformers": run_reference}, FLAGS.repeats, log)
   tokens = b * t
   return {"batch": b, "length": t, "axjax_seconds": seconds["axjax"],
           "transformers_seconds": seconds["transformers"], "axjax_tokens_per_s": tokens / seconds["axjax"],
@@ -277,7 +255,7 @@ def bench_decode_one(pair: Pair, batch: int, reference_batch: int) -> dict[str, 
     sync(pair.device)
     outputs["transformers"] = out[:, width:].cpu().numpy()
 
-  seconds = time_alternating({"axjax": run_axjax, "transformers": run_reference}, FLAGS.repeats)
+  _, seconds = time_alternating({"axjax": run_axjax, "transformers": run_reference}, FLAGS.repeats, log)
   axjax_tps = batch * new / seconds["axjax"]
   reference_tps = reference_batch * new / seconds["transformers"]
   result = {"batch": batch, "reference_batch": reference_batch, "new_tokens": new, "prompt_length": width,
@@ -329,11 +307,11 @@ def bench_train(pair: Pair) -> dict[str, Any]:
   model = axjax.LoadedModel(FLAGS.model, pair.config, pair.params, pair.tokenizer, FLAGS.model)
   args = (model, data, FLAGS.train_layer, concepts, FLAGS.train_examples, FLAGS.train_epochs)
   # One warm-up of each (compilation excluded, as for the other suites), then timed turns.
-  seconds = time_alternating({
+  _, seconds = time_alternating({
       "axjax_joint": lambda: train_throughput.axjax_seconds(*args, joint=True),
       "axjax_one_at_a_time": lambda: train_throughput.axjax_seconds(*args, joint=False),
       "transformers_axbench_way": lambda: train_throughput.torch_seconds(pair.reference, *args, pair.device),
-  }, repeats=FLAGS.train_repeats)
+  }, FLAGS.train_repeats, log)
   ex = lm_examples(data, pair.tokenizer, concept_ids=concepts, train_on_negative=True, positions="all",
                    max_examples=FLAGS.train_examples)
   tokens = int(ex.attention_mask[ex.index[ex.row_valid]].sum()) * FLAGS.train_epochs
@@ -405,7 +383,7 @@ def bench_steer(pair: Pair) -> dict[str, Any]:
     finally:
       handle.remove()
 
-  seconds = time_alternating({"axjax": run_axjax, "transformers": run_reference}, FLAGS.steer_repeats)
+  _, seconds = time_alternating({"axjax": run_axjax, "transformers": run_reference}, FLAGS.steer_repeats, log)
   return {"rows": rows, "batch": batch, "reference_batch": reference_batch, "new_tokens": new,
           "prompt_length": width, "layer": layer, "seconds": seconds,
           "rows_per_s": {k: rows / v for k, v in seconds.items()},

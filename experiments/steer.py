@@ -18,7 +18,6 @@ import os
 
 from absl import flags
 import numpy as np
-import pandas as pd
 
 import axjax
 from axjax import atomic_files, processes

@@ -152,6 +152,13 @@ class Dictionary:
     except ValueError:
       raise DictionaryError(f"concept id {concept_id!r} is not in this dictionary") from None
 
+  def rows_of(self, concept_ids: Iterable[int], missing: int | None = None) -> np.ndarray:
+    """int64 [N]: the row of each concept id; `missing` where an id is not here (None: refuse it)."""
+    rows = {cid: row for row, cid in enumerate(self.concept_ids)}
+    if missing is None:
+      return np.array([self.index_of(int(c)) for c in concept_ids], np.int64)
+    return np.array([rows.get(int(c), missing) for c in concept_ids], np.int64)
+
   def replace(self, **changes) -> Dictionary:
     """A copy with `changes` applied and checked again."""
     return dataclasses.replace(self, **changes)

@@ -331,12 +331,11 @@ def fit_concepts(name: str, cache, hp: dict, seed: int, progress, checkpoint_dir
     losses.update(zip(members, loss))
     if progress is not None:
       progress(f"train {name}", group + 1, len(np.unique(counts)))
-  steps = max(len(v) for v in losses.values())
+  steps = max(len(v) for v in losses.values())  # the concepts with the most examples
   record = np.full((steps, len(counts)), np.nan, np.float32)
   for c, loss in losses.items():
     record[:len(loss), c] = loss
-  per_epoch = -(-(-(-int(counts.max()) // training.batch_size)) // training.grad_accum)
-  return {k: v.astype(np.float32) for k, v in heads.items()}, {"loss": record}, per_epoch
+  return {k: v.astype(np.float32) for k, v in heads.items()}, {"loss": record}, steps // training.n_epochs
 
 
 def _head_shapes(d: int) -> dict[str, tuple[int, ...]]:
@@ -349,8 +348,7 @@ def detection_scores(dictionary, model, ex, layer: int, *, params=None, mesh=Non
   under its own concept's head, 0 in the other columns: attributions take a backward pass per row and head, so
   only a concept's own rows are scored (False: no imbalanced pool)."""
   params = model.params if params is None else params
-  column = {cid: j for j, cid in enumerate(dictionary.concept_ids)}
-  own = np.array([column.get(int(c), -1) for c in ex.concept_ids])
+  own = dictionary.rows_of(ex.concept_ids, missing=-1)
   subset = np.flatnonzero(own >= 0)
   heads = {k: dictionary.extras[k] for k in HEADS}
   steps = dictionary.hyperparameters.get("steps")

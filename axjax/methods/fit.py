@@ -54,6 +54,11 @@ class ActivationCache:
   def __post_init__(self):
     self.mesh = self.mesh or sharding.make_mesh()
 
+  @property
+  def concepts(self):
+    """The concepts this cache trains, in order (`concept_ids`, or every concept of the data)."""
+    return self.data.concepts if self.concept_ids is None else [self.data.concept(c) for c in self.concept_ids]
+
   @functools.cached_property
   def placed_params(self):
     """The frozen model's weights placed on the mesh (split over its model axis), once."""
@@ -266,7 +271,7 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
                      f"{', '.join(DEAD_LATENT_REMEDIES)}")
   config = cache.model.config
   hp = hyperparameters(spec, config, overrides)
-  concepts = _concepts(cache)
+  concepts = cache.concepts
   biases = np.zeros(len(concepts), np.float32)
   extras = {}
   frame = dead = remedied = None
@@ -316,13 +321,9 @@ KIND_FITS = {"adapter": adapter_methods.fit_adapters, "bow": bow.fit_concepts,
              "sft": lambda *_: ({}, None, 0)}
 
 
-def _concepts(cache: ActivationCache):
-  return cache.data.concepts if cache.concept_ids is None else [cache.data.concept(c) for c in cache.concept_ids]
-
-
 def _dictionary(name: str, cache: ActivationCache, weights: np.ndarray, biases: np.ndarray,
                 hp: dict[str, Any], extras: dict[str, np.ndarray] | None = None) -> Dictionary:
-  concepts = _concepts(cache)
+  concepts = cache.concepts
   return Dictionary(weights=weights, biases=biases, concept_ids=tuple(c.concept_id for c in concepts),
                     concept_names=tuple(c.name for c in concepts), method=name, model_name=cache.model.name,
                     layer=cache.layer, hyperparameters=hp, extras=extras or {},
@@ -362,7 +363,7 @@ def fit_sweep(name: str, cache: ActivationCache, grid: Sequence[dict[str, Any]],
   hp = hyperparameters(spec, cache.model.config, overrides)
   points = sweep_points(spec, hp, grid)
   weights, record, per_epoch = _train(spec, hp, cache, seed, progress, checkpoint_dir, grid=points)
-  ids = np.array([concept.concept_id for concept in _concepts(cache)])
+  ids = np.array([concept.concept_id for concept in cache.concepts])
   c = len(ids)
   out = []
   for g, point in enumerate(points):

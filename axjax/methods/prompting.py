@@ -156,9 +156,7 @@ def fit_concepts(name: str, cache, hp: dict, seed: int, progress, checkpoint_dir
   del hp, seed, progress, checkpoint_dir
   if name == "PromptDetection":
     return {}, None, 0
-  names = [cache.data.concept(c).name for c in cache.concept_ids] if cache.concept_ids else [
-      c.name for c in cache.data.concepts]
-  written = steering_prompts(names, cache.writer)
+  written = steering_prompts([c.name for c in cache.concepts], cache.writer)
   return {"prompt": text_array(p for p, _ in written), "prompt_source": text_array(s for _, s in written)}, None, 0
 
 
@@ -167,8 +165,7 @@ def detection_scores(dictionary, model, ex, layer: int, *, data: AxbenchData, se
   """PromptDetection's [E, C] scores: each latent-eval row rated for its own concept (`prompt_detection_scores`),
   0 in the other columns (a generation per row and concept is too dear for the imbalanced pool: False)."""
   del layer
-  column = {cid: j for j, cid in enumerate(dictionary.concept_ids)}
-  own = np.array([column.get(int(c), -1) for c in ex.concept_ids])
+  own = dictionary.rows_of(ex.concept_ids, missing=-1)
   hp = dictionary.hyperparameters
   rated = prompt_detection_scores(model, data, max_new_tokens=hp["max_new_tokens"], temperature=hp["temperature"],
                                   seed=seed)

@@ -49,7 +49,7 @@ def adapter_steerer(model: LoadedModel, dictionary: Dictionary, sampling: Sampli
   adapters, stack = adapter_methods.adapters_of(dictionary, model.config)
 
   def run(params, ids, mask, keys, rows):
-    index = np.array([dictionary.index_of(int(c)) for c in rows["concept_id"]])
+    index = dictionary.rows_of(rows["concept_id"])
     return steer_generate(params, model.config, adapters, stack, index, ids, mask, keys, sampling, tuple(stops),
                           pad_id)
 

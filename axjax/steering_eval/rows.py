@@ -58,7 +58,7 @@ def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary]) -> t
     if method not in dictionaries:
       raise AxjaxError(f"there is no dictionary for method {method!r} to steer with")
     d = dictionaries[method]
-    index = np.asarray([d.index_of(int(c)) for c in group["concept_id"]])
+    index = d.rows_of(group["concept_id"])
     vectors[group.index] = d.steering_vectors()[index]
     strengths[group.index] = group["factor"].to_numpy(np.float32) * steering_magnitude(d.max_activations[index])
   return vectors, strengths
