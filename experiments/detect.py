@@ -69,16 +69,17 @@ def main(argv):
   output = _OUTPUT.value or os.path.join("checkpoints", f"detect-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
   model = axjax.load(_MODEL.value, _DTYPE.value)
   model.config.check_layer(_LAYER.value)
-  sae = sae_flags.load(model)
+  sae, sae_features = sae_flags.load(model, data.concepts, _LAYER.value, methods)
   for name in methods:
     hp = registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
     if name in sweeps:
       sweep_points(registry.method(name), hp, sweeps[name])
   check_run(output, {"model": model.name, "data": _DATA.value, "layer": _LAYER.value, "seed": _SEED.value,
                      "dtype": _DTYPE.value, "max_concepts": _MAX_CONCEPTS.value, "max_examples": _MAX_EXAMPLES.value,
-                     "concept_ids": [c.concept_id for c in data.concepts], "sae": sae and sae.source})
+                     "concept_ids": [c.concept_id for c in data.concepts], "sae": sae and sae.source,
+                     "sae_features": sae_features and {str(c): f for c, f in sae_features.items()}})
   cache = ActivationCache(model, data, _LAYER.value, cli.progress_bars(), max_examples=_MAX_EXAMPLES.value,
-                          mesh=mesh, sae=sae)
+                          mesh=mesh, sae=sae, sae_features=sae_features)
   reports, dictionaries = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                              dead_latent_remedy=_DEAD_REMEDY.value, sweeps=sweeps, **chunking,
                              imbalance_factor=_IMBALANCE.value, log=cli.say)

@@ -29,7 +29,7 @@ from axjax.judges.local_judge import LocalJudge
 from axjax.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
 from axjax.judges.proxy import ProxyJudge
 from axjax.loading.tokenizer import cache_dir
-from axjax.methods import prompting, registry
+from axjax.methods import prompting, registry, sae_methods
 from axjax.methods.adapter_training import adapters_from
 from axjax.methods.joint_training import memory_budget
 from axjax.methods.sft import check_sft_memory
@@ -60,8 +60,11 @@ _NUM_INSTRUCTIONS = flags.DEFINE_integer("num_instructions", None,
                                          "Instructions per concept; the first half selects the factor.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Tokens generated per row (default: the profile's).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature of steered generation (AxBench: 1.0).")
-_INTERVENTION = flags.DEFINE_enum("intervention", "addition", ["addition", "clamping"],
-                                  "addition: h + factor*max_act*w; clamping: the part of h along w set to that.")
+_INTERVENTION = flags.DEFINE_enum(
+    "intervention", "addition", ["addition", "clamping", "min_clamping"],
+    "addition: h + factor*max_act*w; clamping: the part of h along w set to that (SAE methods: their feature's "
+    "activation set to it, AxBench's SAE clamping); min_clamping: an SAE feature raised to at least it (SAE "
+    "methods only).")
 _INSTRUCTIONS = flags.DEFINE_string("instructions", None,
                                     "Instructions file (.jsonl/.json with 'instruction', or one per line); "
                                     "default AlpacaEval's 805 (CC BY-NC 4.0).")
@@ -131,6 +134,7 @@ def main(argv):
   methods = [registry.method(m).name for m in (_METHODS.value or default)]
   overrides = registry.parse_overrides(_HPARAMS.value, methods)
   sae_flags.check(methods)
+  sae_max_acts = sae_flags.max_activations()
   steered = registry.steering(methods)
   if not steered:
     raise AxjaxError(f"none of --methods {methods} steers (they detect only): add a steering method")
@@ -139,6 +143,10 @@ def main(argv):
   if baseline not in steered:
     raise AxjaxError(f"--baseline {baseline} is not among the steering methods {steered}")
   protocol = protocol_from_flags(prof.protocol)
+  if protocol.intervention == "min_clamping" and (plain := [m for m in steered if registry.method(m).uses_factor
+                                                            and m not in sae_methods.METHODS]):
+    raise AxjaxError(f"--intervention=min_clamping raises an SAE feature's activation and {plain[0]} has no SAE "
+                     "feature: steer it with addition or clamping, or use only SAE methods")
   max_concepts = _MAX_CONCEPTS.value if _MAX_CONCEPTS.value is not None else prof.max_concepts
   data = read_axbench(_DATA.value, max_concepts=max_concepts)  # all input checked before any model work
   instructions = read_instructions(_INSTRUCTIONS.value)
@@ -150,7 +158,7 @@ def main(argv):
       "checkpoints", f"steer-{_PROFILE.value}-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
   model = axjax.load(_MODEL.value, _DTYPE.value)
   model.config.check_layer(_LAYER.value)
-  sae = sae_flags.load(model)
+  sae, sae_features = sae_flags.load(model, data.concepts, _LAYER.value, methods)
   hparams = {name: registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
              for name in methods}
   for name in methods:
@@ -165,6 +173,8 @@ def main(argv):
               "dictionaries": _DICTIONARIES.value,
               "protocol": dataclasses.asdict(protocol),
               "judge": judge.name, "sae": sae and sae.source,
+              "sae_features": sae_features and {str(c): f for c, f in sae_features.items()},
+              "sae_max_acts": sae_max_acts and {str(f): v for f, v in sae_max_acts.items()},
               "prompt_writer": writer_flag if "PromptSteering" in methods else None}
   reusable = {} if not _DICTIONARIES.value else read_reusable(
       _DICTIONARIES.value, methods, hidden_size=model.config.hidden_size, layer=_LAYER.value, model_name=model.name)
@@ -172,7 +182,8 @@ def main(argv):
   seed_results(output, reusable)
   progress = cli.progress_bars()
 
-  cache = ActivationCache(model, data, _LAYER.value, progress, mesh=mesh, sae=sae, writer=writer,
+  cache = ActivationCache(model, data, _LAYER.value, progress, mesh=mesh, sae=sae,
+                          sae_features=sae_features, writer=writer,
                           max_examples=_MAX_EXAMPLES.value)
   reports, dictionaries = run_detection(cache, methods, output, overrides=overrides, seed=_SEED.value,
                                        dead_latent_remedy=_DEAD_REMEDY.value, **chunking,
@@ -186,6 +197,7 @@ def main(argv):
     first = [c.concept_id for c in data.concepts][:hparams["SFT"]["max_concepts"]]
     rows = rows[(rows["method"] != "SFT") | rows["concept_id"].isin(first)].reset_index(drop=True)
   atomic_files.write_parquet(os.path.join(output, "steering", "rows.parquet"), rows)
+  dictionaries = sae_flags.steering_dictionaries(dictionaries, sae_max_acts)
   vectors, strengths = row_vectors(rows, dictionaries)
   generations = generate_rows(model, rows, vectors, strengths, layer=_LAYER.value, protocol=protocol,
                               seed=_SEED.value, batch_size=_BATCH.value,
@@ -194,7 +206,7 @@ def main(argv):
                               mesh=mesh, params=placed,
                               steerers=row_steerers.steerers(model, data, dictionaries, protocol, _SEED.value,
                                                              os.path.join(output, "training"), cli.say,
-                                                             _MAX_EXAMPLES.value))
+                                                             _MAX_EXAMPLES.value, _LAYER.value))
   atomic_files.write_parquet(os.path.join(output, "steering", "generations.parquet"), generations)
   if not processes.leave_to_writer():
     return  # judging and the report are host work: process 0 does them alone

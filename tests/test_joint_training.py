@@ -1,6 +1,5 @@
 """Joint training over concepts is exact: C concepts in one compiled step equal C separate runs."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

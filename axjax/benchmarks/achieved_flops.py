@@ -50,7 +50,7 @@ from axjax.benchmarks import compiled_cost
 from axjax.data import batching
 from axjax.generation.decode import generate_tokens
 from axjax.generation.sampling import SamplingConfig
-from axjax.methods import activations, fit, objectives
+from axjax.methods import activations, objectives
 from axjax.methods.activations import activation_batches, layer_activations
 from axjax.methods.joint_training import OptimConfig, StepBatch, compile_step, init_state, joint_step, memory_budget
 from axjax.methods.registry import hyperparameters, method

@@ -48,6 +48,7 @@ class ActivationCache:
   max_examples: int | None = None  # per concept, half positives and half negatives (AxBench's scaling sweep)
   mesh: jax.sharding.Mesh | None = None  # devices that share the work (default: every device, concept axis)
   sae: Any = None  # the GemmaScope SAE (`sae.Sae`) whose features the SAE methods choose from
+  sae_features: dict[int, int] | None = None  # concept id -> SAE feature for method SAE (else the metadata's)
   writer: Any = None  # the LLM that writes PromptSteering's prompts (`prompting.Writer`); None: the fallback
   _sets: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -303,7 +304,7 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
                            _record_frame(record2, ids[subset], per_epoch).assign(remedy="diffmean")])
         remedied[subset] = True
         dead[subset] = _dead_latents(record2, per_epoch)
-  elif spec.name in sae_methods.SELECTORS:
+  elif spec.name in sae_methods.METHODS:
     chosen = sae_methods.select_features(spec.name, cache)
     weights, biases, extras = chosen["weights"], chosen["biases"], chosen["extras"]
   elif spec.name == "LAT":

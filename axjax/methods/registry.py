@@ -68,7 +68,9 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
     MethodSpec("SSV", True, True,
                {"batch_size": 6, "n_epochs": 3, "lr": 1e-2, "weight_decay": 0.0},
                {"batch_size": 6, "n_epochs": 3, "lr": 1e-2, "weight_decay": 0.0}),
-    # One GemmaScope SAE feature per concept (--sae_path), chosen on the training data; JumpReLU scores.
+    # One GemmaScope SAE feature per concept (--sae_path): the metadata's (SAE), or chosen on the training data
+    # (SAE-A, SAE-MaxDiff); JumpReLU scores.
+    MethodSpec("SAE", False, True, {}, {}),
     MethodSpec("SAE-A", False, True, {}, {}),
     MethodSpec("SAE-MaxDiff", False, True, {}, {}),
     # AxBench's sweeps (axbench/sweep/wuzhengx/{2b,9b}/*/{loreft,lora}.yaml); "large" is 9B (its L31 LoRA run
@@ -105,7 +107,7 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
 CHOICES = {"loss": ("axbench", "stable"), "topk_candidates": ("axbench", "real"), "accumulate": ("sum", "mean"),
            "dtype": ("float32", "bfloat16")}
 ALIASES = {"LsReFT": "ReFT-r1", "ReFT_r1": "ReFT-r1", "Probe": "LinearProbe", "SteeringVector": "SSV",
-           "GemmaScopeSAEMaxAUC": "SAE-A", "SAE-MaxAUC": "SAE-A", "GemmaScopeSAEMaxDiff": "SAE-MaxDiff",
+           "GemmaScopeSAE": "SAE", "GemmaScopeSAEMaxAUC": "SAE-A", "SAE-MaxAUC": "SAE-A", "GemmaScopeSAEMaxDiff": "SAE-MaxDiff",
            "IG": "IntegratedGradients", "IxG": "InputXGradients", "Prompt": "PromptSteering"}
 
 

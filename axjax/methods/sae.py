@@ -81,7 +81,7 @@ def load_sae(path: str, hidden_size: int, *, model_name: str | None = None) -> S
                      "(expected W_enc [d, F], b_enc [F], threshold [F], W_dec [F, d], b_dec [d])")
   if d != hidden_size:
     raise AxjaxError(f"the SAE at {path} has width {d} but the model's hidden size is {hidden_size}")
-  if model_name and trained_for and _model_key(model_name) != _model_key(trained_for):
+  if model_name and trained_for and model_key(model_name) != model_key(trained_for):
     raise AxjaxError(f"the SAE at {path} was trained for {trained_for}, not for {model_name}")
   return Sae(*(jnp.asarray(arrays[k], jnp.float32) for k in _KEYS), source=path, model_name=trained_for)
 
@@ -133,9 +133,11 @@ def _sidecar_model_name(path: str) -> str | None:
   return None
 
 
-def _model_key(name: str) -> str:
-  """A model name compared without its owner or folder: "google/gemma-2-2b" and "gemma-2-2b" match."""
-  return name.rstrip("/").rsplit("/", 1)[-1].lower()
+def model_key(name: str) -> str:
+  """A model name compared without its owner, folder or "-it": "google/gemma-2-9b-it" and "gemma-2-9b" match
+  (GemmaScope's SAEs of the base model serve its instruction-tuned variant, as in AxBench's 9B runs)."""
+  key = name.rstrip("/").rsplit("/", 1)[-1].lower()
+  return key[:-3] if key.endswith("-it") else key
 
 
 @jax.jit

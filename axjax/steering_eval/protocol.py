@@ -7,7 +7,7 @@ import dataclasses
 from axjax.errors import AxjaxError
 
 AXBENCH_FACTORS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0)  # paper App. K
-INTERVENTIONS = ("addition", "clamping")
+INTERVENTIONS = ("addition", "clamping", "min_clamping")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +19,9 @@ class SteeringProtocol:
   select_count: int = 5  # the first `select_count` drawn instructions choose the factor, the rest report it
   max_new_tokens: int = 128
   temperature: float = 1.0
-  intervention: str = "addition"  # h + factor * max_act * w, or AxBench's clamping
+  # "addition": h + factor * max_act * w; "clamping": AxBench's clamping (SAE methods: their feature's activation
+  # set to factor * max_act); "min_clamping": an SAE feature raised to at least that (SAE methods only)
+  intervention: str = "addition"
 
   def __post_init__(self):
     if not self.factors or len(set(self.factors)) != len(self.factors):
@@ -57,7 +59,7 @@ PROFILES = {
                      SteeringProtocol(factors=(0.02, 0.05, 0.1, 0.2, 0.5), instructions_per_concept=4,
                                       select_count=2, max_new_tokens=128), prompt_writer="fallback"),
 }
-SAE_METHODS = ("SAE-A",)  # the paper profile's SAE rows, run when --sae_path is given
+SAE_METHODS = ("SAE", "SAE-A")  # the paper profile's SAE rows (Tables 1 and 2), run when --sae_path is given
 
 
 def profile(name: str) -> Profile:

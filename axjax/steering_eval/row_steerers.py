@@ -1,7 +1,8 @@
 """How the rows of each steering method that does not add a vector generate (`generate_rows`' `steerers`).
 
 A `RowSteerer` says what a row's model input is and how a batch of its rows generates: LoReFT and LoRA gather
-each row's concept adapter inside one compiled decode (rows of many concepts share a batch), PromptSteering
+each row's concept adapter inside one compiled decode (rows of many concepts share a batch), the SAE methods
+under clamping set (or raise) each row's feature through its JumpReLU encoder, PromptSteering
 feeds AxBench's steered input to the unedited model, and SFT fine-tunes the model for one concept at a time
 (`per_concept`: `start` trains it when that concept still has rows to generate, so a resumed run retrains
 nothing it finished).
@@ -24,9 +25,10 @@ from axjax.generation.decode import GenerationOutput, generate_tokens
 from axjax.generation.sampling import SamplingConfig
 from axjax.generation.text import stop_token_ids
 from axjax.loading.load import LoadedModel
-from axjax.methods import adapter_methods, prompting, sft
+from axjax.methods import adapter_methods, prompting, sae, sae_methods, sft
 from axjax.methods.registry import method
 from axjax.steering_eval.adapter_generation import steer_generate
+from axjax.steering_eval.rows import steering_magnitude
 
 # run(params, ids [B, T], mask [B, T], keys [B], rows: the batch's rows of the table) -> tokens and lengths
 Run = Callable[[Any, Any, Any, Any, pd.DataFrame], GenerationOutput]
@@ -52,6 +54,25 @@ def adapter_steerer(model: LoadedModel, dictionary: Dictionary, sampling: Sampli
     index = dictionary.rows_of(rows["concept_id"])
     return steer_generate(params, model.config, adapters, stack, index, ids, mask, keys, sampling, tuple(stops),
                           pad_id)
+
+  return RowSteerer(lambda _: run)
+
+
+def sae_clamp_steerer(model: LoadedModel, dictionary: Dictionary, layer: int, minimum: bool,
+                      sampling: SamplingConfig, stops: Sequence[int], pad_id: int) -> RowSteerer:
+  """An SAE method under AxBench's SAE clamping (or min-clamping): each row's feature activation set to (or
+  raised to at least) factor * max_act at every token, the SAE's reconstruction error kept."""
+  intervention = sae.sae_clamping(layer, minimum=minimum)
+  extras = dictionary.extras
+
+  def run(params, ids, mask, keys, rows):
+    index = dictionary.rows_of(rows["concept_id"])
+    target = rows["factor"].to_numpy(np.float32) * steering_magnitude(dictionary.max_activations[index])
+    feature = {"encoder": dictionary.weights[index], "bias": dictionary.biases[index],
+               "threshold": extras["jump_threshold"][index], "vector": extras["steering_vector"][index],
+               "factor": target}
+    return generate_tokens(params, model.config, ids, mask, keys, sampling, tuple(stops), pad_id, intervention,
+                           feature)
 
   return RowSteerer(lambda _: run)
 
@@ -97,16 +118,20 @@ def sft_steerer(model: LoadedModel, data, dictionary: Dictionary, sampling: Samp
 
 
 def steerers(model: LoadedModel, data, dictionaries: Mapping[str, Dictionary], protocol, seed: int,
-             training_dir: str, log: Callable[[str], None] | None = None, max_examples: int | None = None
-             ) -> dict[str, RowSteerer]:
+             training_dir: str, log: Callable[[str], None] | None = None, max_examples: int | None = None,
+             layer: int | None = None) -> dict[str, RowSteerer]:
   """The `RowSteerer` of every steering method among `dictionaries` that does not add a vector (SFT trains on at
-  most `max_examples` examples per concept, as the others)."""
+  most `max_examples` examples per concept, as the others; the SAE methods clamp at `layer` under a clamping
+  `protocol.intervention`)."""
   tok = model.tokenizer
   pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
   sampling, stops = SamplingConfig(protocol.max_new_tokens, protocol.temperature), stop_token_ids(tok)
   out = {}
   for name, dictionary in dictionaries.items():
     spec = method(dictionary.method)
+    if spec.name in sae_methods.METHODS and protocol.intervention != "addition":
+      out[name] = sae_clamp_steerer(model, dictionary, layer, protocol.intervention == "min_clamping", sampling,
+                                    stops, pad_id)
     if not spec.steers or spec.uses_factor:
       continue
     if spec.kind == "adapter":
