@@ -62,8 +62,8 @@ def test_activation_estimate_bounds_what_a_chunk_holds(model, data):
   np.testing.assert_array_equal(streamed - estimate, 8 * (2 + 2 * d + d * d))
 
 
-def run(model, data, out, **chunking):
-  return detection_run.run_detection(new_cache(model, data), METHODS, str(out), overrides=SHORT, seed=0,
+def run(model, data, out, methods=METHODS, overrides=SHORT, **chunking):
+  return detection_run.run_detection(new_cache(model, data), methods, str(out), overrides=overrides, seed=0,
                                      imbalance_factor=None, log=lambda line: None, **chunking)
 
 
@@ -86,6 +86,27 @@ def test_results_do_not_depend_on_the_chunking(model, data, whole, tmp_path):
   assert not os.path.exists(tmp_path / "chunks")  # merged, then removed
   steps = json.load(open(tmp_path / "detection" / "ReFT-r1.json"))["training"]
   assert [t["concept_id"] for t in steps] == list(range(CONCEPTS))
+
+
+def test_every_kind_of_method_is_the_same_in_one_concept_chunks(model, data, tmp_path):
+  """BoW, IxG, LoReFT, LoRA and PromptSteering keep their own arrays (dictionary extras): one concept per chunk
+  merges to what all concepts in one chunk give."""
+  methods = ["BoW", "InputXGradients", "LoReFT", "LoRA", "PromptSteering"]
+  short = {"InputXGradients": {"n_epochs": "2"}, "LoReFT": {"n_epochs": "1", "layers": "1+3"},
+           "LoRA": {"n_epochs": "1"}}
+  reports, dictionaries = run(model, data, tmp_path / "whole", methods, short)
+  chunked_reports, chunked = run(model, data, tmp_path / "chunked", methods, short, max_chunk=1)
+  for name in methods:
+    assert chunked[name].concept_ids == dictionaries[name].concept_ids == tuple(range(CONCEPTS))
+    assert set(chunked[name].extras) == set(dictionaries[name].extras), name
+    for key, value in dictionaries[name].extras.items():
+      if value.dtype.kind == "f":
+        np.testing.assert_allclose(chunked[name].extras[key], value, atol=2e-5, err_msg=f"{name}.{key}")
+      else:  # texts as UTF-8 bytes (BoW's words, the steering prompts), zero-padded to the longest
+        np.testing.assert_array_equal(chunked[name].extras[key], value, err_msg=f"{name}.{key}")
+  for name in ("BoW", "InputXGradients"):
+    got = [c["roc"]["roc_auc"] for c in chunked_reports[name]["concepts"]]
+    np.testing.assert_allclose(got, [c["roc"]["roc_auc"] for c in reports[name]["concepts"]], atol=1e-6)
 
 
 def test_a_killed_run_resumes_at_its_first_unfinished_chunk(model, data, whole, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import axjax
+from axjax.model import adapters as adapter_lib
 from axjax.model.adapters import Lora
 from conftest import padded_batch
 
@@ -107,3 +108,17 @@ def test_dropout_acts_only_with_a_key(setup):
   assert not np.allclose(run(train, key), run(train, None))
   assert not np.allclose(run(train, key), run(train, jax.random.key(1)))
   np.testing.assert_array_equal(run(Lora(LAYERS, dropout=0.0), key), run(train, None))
+
+
+def test_dropout_of_a_token_does_not_depend_on_the_padded_width(setup):
+  """A row's first 8 tokens get the same dropout (the same logits there) whether the batch is padded to 8 or 32
+  wide, so a concept trains alike in any chunk of concepts; the rate is LoRA's."""
+  _, lm, params = setup
+  ids, mask = padded_batch(np.random.default_rng(5), 128, lengths=[8, 8], width=8)
+  wide_ids, wide_mask = np.pad(ids, ((0, 0), (0, 24))), np.pad(mask, ((0, 0), (0, 24)))  # right padding
+  train, key = Lora(LAYERS, dropout=0.05), jax.random.key(3)
+  run = lambda i, m: np.asarray(axjax.forward(lm.params, lm.config, i, m, lora=train, lora_params=params,
+                                              lora_rng=key).logits)
+  np.testing.assert_allclose(run(wide_ids, wide_mask)[:, :8], run(ids, mask), atol=1e-5)
+  keep = np.asarray(adapter_lib._keep_mask(key, 0.95, (64, 32, 256)))
+  assert abs(keep.mean() - 0.95) < 0.005 and 0.9 < keep[:, :, 0].mean() < 1.0

@@ -136,9 +136,17 @@ class Lora:
     a, b = params["a"], params["b"]
     x = x.astype(a.dtype)
     if rng is not None and self.dropout > 0:
-      keep = jax.random.bernoulli(rng, 1.0 - self.dropout, x.shape)
+      keep = _keep_mask(rng, 1.0 - self.dropout, x.shape)
       x = jnp.where(keep, x / (1.0 - self.dropout), 0.0).astype(a.dtype)
     return (x @ a) @ b * (self.alpha / math.sqrt(a.shape[-1]))
+
+
+def _keep_mask(rng: Array, p: float, shape: tuple[int, ...]) -> Array:
+  """A dropout keep-mask [B, T, d] whose entries at (row, position) depend on those indices alone, not on the
+  padded width T: a concept's right-padded examples drop the same entries in any chunk of concepts."""
+  rows, width, d = shape
+  token = lambda r, t: jax.random.bernoulli(jax.random.fold_in(jax.random.fold_in(rng, r), t), p, (d,))
+  return jax.vmap(jax.vmap(token, (None, 0)), (0, None))(jnp.arange(rows), jnp.arange(width))
 
 
 def init_lora_params(config: GemmaConfig, lora: Lora, rng: Array, rank: int = 4) -> dict[str, Array]:
