@@ -62,13 +62,19 @@ def _loreft(params: PyTree, h: Array, ctx: InterventionContext) -> Array:
   bias = bias[:, None] if bias.ndim == 2 else bias  # broadcast over time
   hf = h.astype(jnp.float32)
   to_rank = lambda m: hf @ jnp.swapaxes(m.astype(jnp.float32), -1, -2)  # [B, T, r]
-  edited = hf + (to_rank(w) + bias - to_rank(r)) @ r
+  edit = to_rank(w) + bias - to_rank(r)
+  if "factor" in params:  # RePS: alpha (W h + b - R h), alpha per row [B] or shared
+    factor = jnp.asarray(params["factor"], jnp.float32)
+    chex.assert_rank(factor, {0, 1})
+    edit = edit * (factor[:, None, None] if factor.ndim == 1 else factor)
+  edited = hf + edit @ r
   return jnp.where(ctx.mask[..., None], edited, hf).astype(h.dtype)
 
 
 def loreft(layer: int) -> Intervention:
   """A LoReFT site after `layer`: h + R^T (W h + b - R h) at the context mask's positions (see the module
-  docstring for the params). Several layers: a tuple of sites, `tuple(map(loreft, layers))`."""
+  docstring for the params; with a "factor" alpha, RePS's h + R^T (alpha (W h + b - R h))). Several layers: a
+  tuple of sites, `tuple(map(loreft, layers))`."""
   return Intervention(layer=layer, apply=_loreft, name="loreft", width_keys=("rotation", "weight"))
 
 

@@ -96,6 +96,30 @@ def clamping(layer: int) -> Intervention:
   return Intervention(layer=layer, apply=_clamp_vector, name="clamping")
 
 
+def _preference_vector(params: PyTree, h: Array, ctx: InterventionContext) -> Array:
+  vector, bias, factor = params["vector"], params["bias"], params["factor"]  # [(B,) d], [(B,)], [(B,)]
+  chex.assert_rank(factor, {0, 1})
+  chex.assert_equal_shape([bias, factor])
+  per_row = (lambda x: x[:, None, None]) if vector.ndim == 2 else (lambda x: x)
+  v = vector.astype(jnp.float32)
+  v = v[:, None, :] if v.ndim == 2 else v  # [B, 1, d] or [d]
+  hf = h.astype(jnp.float32)
+  factor, bias = jnp.asarray(factor, jnp.float32), jnp.asarray(bias, jnp.float32)
+  latent = jax.nn.relu(jnp.sum(hf * v, axis=-1, keepdims=True) + per_row(bias))  # [B, T, 1]
+  null_out = -latent / jnp.sum(v * v, axis=-1, keepdims=True)
+  coefficient = jnp.where(per_row(factor) == 0.0, null_out, per_row(factor + bias))
+  return jnp.where(ctx.mask[..., None], hf + coefficient * v, h).astype(h.dtype)
+
+
+def preference_vector(layer: int) -> Intervention:
+  """RePS's steering vector (upstream's PreferenceVectorIntervention): `h + (factor + b) v`, and for a zero
+  factor the null-out `h - ReLU(h.v + b) / ||v||^2 v` (the suppression pair's intervention).
+
+  Params: {"vector": [B, d] or [d], "bias": [B] or scalar, "factor": [B] or scalar}.
+  """
+  return Intervention(layer=layer, apply=_preference_vector, name="preference_vector")
+
+
 def steering_params(vector: Array, factor: Array | float) -> dict[str, Array]:
   """Params for `steering` and `clamping`, checked for shape."""
   vector = jnp.asarray(vector)
