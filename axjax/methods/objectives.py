@@ -87,6 +87,12 @@ class UpperModel:
   def output_nll(self, model_params, h: Array, batch) -> Array:
     """Per concept [C], the mean next-token NLL over its output tokens (HF's loss: one mean over all output
     tokens of the batch), for edited streams h [C, B, T, d] and the batch's arrays [C, ...]."""
+    nll = self.position_nll(model_params, h, batch)
+    return jnp.sum(nll, -1) / jnp.maximum(jnp.sum(batch["loss_valid"], -1), 1.0)
+
+  def position_nll(self, model_params, h: Array, batch) -> Array:
+    """[C, W]: the next-token NLL at each packed output position `batch["loss_index"]` (flat row * T + t of
+    the concept's [B, T]; 0 where `loss_valid` is 0)."""
     c = self.config
     upper = layer_slice(model_params, self.layer + 1, c.num_layers)
     run = lambda h, mask: run_layers(upper, c, h, frame_from_mask(mask), self.layer + 1, remat=self.remat)[0]
@@ -108,7 +114,7 @@ class UpperModel:
 
     shape = (self.groups, -1)
     nll = jax.vmap(group_nll)(h.reshape(*shape, c.hidden_size), batch["tokens"].reshape(shape), index, valid)
-    return jnp.sum(nll.reshape(concepts, width), -1) / jnp.maximum(jnp.sum(batch["loss_valid"], -1), 1.0)
+    return nll.reshape(concepts, width)
 
 
 def one_concept(joint, params, batch, progress, model_params) -> tuple[Array, dict[str, Array]]:

@@ -98,16 +98,16 @@ def clamping(layer: int) -> Intervention:
 
 def _preference_vector(params: PyTree, h: Array, ctx: InterventionContext) -> Array:
   vector, bias, factor = params["vector"], params["bias"], params["factor"]  # [(B,) d], [(B,)], [(B,)]
-  chex.assert_rank(factor, {0, 1})
-  chex.assert_equal_shape([bias, factor])
-  per_row = (lambda x: x[:, None, None]) if vector.ndim == 2 else (lambda x: x)
+  chex.assert_rank([vector, bias, factor], [{1, 2}, {0, 1}, {0, 1}])
+  per_row = lambda x: jnp.asarray(x, jnp.float32).reshape(-1, 1, 1) if jnp.ndim(x) == 1 else jnp.asarray(
+      x, jnp.float32)  # [B] -> [B, 1, 1], against [B, T, 1]
   v = vector.astype(jnp.float32)
   v = v[:, None, :] if v.ndim == 2 else v  # [B, 1, d] or [d]
   hf = h.astype(jnp.float32)
-  factor, bias = jnp.asarray(factor, jnp.float32), jnp.asarray(bias, jnp.float32)
-  latent = jax.nn.relu(jnp.sum(hf * v, axis=-1, keepdims=True) + per_row(bias))  # [B, T, 1]
+  factor, bias = per_row(factor), per_row(bias)
+  latent = jax.nn.relu(jnp.sum(hf * v, axis=-1, keepdims=True) + bias)  # [B, T, 1]
   null_out = -latent / jnp.sum(v * v, axis=-1, keepdims=True)
-  coefficient = jnp.where(per_row(factor) == 0.0, null_out, per_row(factor + bias))
+  coefficient = jnp.where(factor == 0.0, null_out, factor + bias)
   return jnp.where(ctx.mask[..., None], hf + coefficient * v, h).astype(h.dtype)
 
 
@@ -115,7 +115,8 @@ def preference_vector(layer: int) -> Intervention:
   """RePS's steering vector (upstream's PreferenceVectorIntervention): `h + (factor + b) v`, and for a zero
   factor the null-out `h - ReLU(h.v + b) / ||v||^2 v` (the suppression pair's intervention).
 
-  Params: {"vector": [B, d] or [d], "bias": [B] or scalar, "factor": [B] or scalar}.
+  Params: {"vector": [B, d] or [d], "bias": [B] or scalar, "factor": [B] or scalar} (one concept's vector
+  with a factor per row, or a vector per row).
   """
   return Intervention(layer=layer, apply=_preference_vector, name="preference_vector")
 
