@@ -13,13 +13,15 @@ import pytest
 import axjax
 from axjax.data.examples import LMExamples
 from axjax.data.preference_examples import PreferenceExamples
+from axjax.errors import AxjaxError
 from axjax.methods.activations import layer_activations
 from axjax.methods.preference_training import (PreferenceEdit, prepare_preference, reference_logps, shared_arrays,
                                                train_preference)
 
 T, PER_CONCEPT, CONCEPTS, SEED = 24, 4, 2, 3
 HP = {"batch_size": 2, "gradient_accumulation_steps": 1, "n_epochs": 2, "lr": 0.04, "weight_decay": 0.0,
-      "max_grad_norm": 1.0, "factors": [2.0, 4.0, 6.0], "loss_type": "scaled_simpo", "length_norm": "sequence"}
+      "max_grad_norm": 1.0, "factors": [2.0, 4.0, 6.0], "loss_type": "scaled_simpo", "length_norm": "sequence",
+      "subtraction": "negate"}
 EDITS = {"vector": PreferenceEdit("vector", (2,)), "LoReFT": PreferenceEdit("LoReFT", (2, 4), positions=(3, 3)),
          "LoRA": PreferenceEdit("LoRA", (2, 4))}
 
@@ -49,7 +51,12 @@ def tiny(tiny_gemma3):
   return axjax.load(tiny_gemma3[1]), PreferenceExamples(concept, own)
 
 
-def _setup(model, examples, edit, hp=HP, init=None):
+def _hp(edit, **changes):
+  """HP with the sub pair as upstream's RePS configs have it: the vector's null-out, LoReFT's and LoRA's negation."""
+  return {**HP, "subtraction": "null_out" if edit.kind == "vector" else "negate", **changes}
+
+
+def _setup(model, examples, edit, hp, init=None):
   arrays = shared_arrays(edit, examples, hp["length_norm"])
   acts = np.asarray(layer_activations(model.params, model.config, arrays["tokens"], arrays["mask"], edit.after))
   reference = reference_logps(model.params, model.config, acts, arrays, edit.after)
@@ -114,13 +121,14 @@ def torch_logps(torch, hf, edit, arrays, rows, factors, params):
   return (logp * torch.tensor(arrays["loss_mask"][rows][:, 1:])).sum(-1)
 
 
-@pytest.mark.parametrize("kind", list(EDITS))
-def test_first_step_loss_and_gradients_equal_torch(tiny_gemma3, tiny, kind):
+@pytest.mark.parametrize("kind,subtraction", [("vector", "null_out"), ("vector", "negate"), ("LoReFT", "negate"),
+                                              ("LoRA", "negate")])
+def test_first_step_loss_and_gradients_equal_torch(tiny_gemma3, tiny, kind, subtraction):
   torch = pytest.importorskip("torch")
   model, examples = tiny
   edit = EDITS[kind]
   init = _strong_init(model, edit)
-  setup, arrays = _setup(model, examples, edit, init=init)
+  setup, arrays = _setup(model, examples, edit, _hp(edit, subtraction=subtraction), init=init)
   step = setup.batches[0]
   batch = {k: jnp.asarray(v)[step.rows] for k, v in setup.arrays.items()}
   batch.update({k: jnp.asarray(v) for k, v in step.extra.items()}, weight=jnp.asarray(step.weight, jnp.float32))
@@ -136,7 +144,7 @@ def test_first_step_loss_and_gradients_equal_torch(tiny_gemma3, tiny, kind):
     assert (rows[2::4] == rows[1::4]).all() and (rows[3::4] == rows[0::4]).all()
     assert set(factors[0::4]) | set(factors[1::4]) <= set(HP["factors"])
     sub = factors[np.r_[2:len(rows):4, 3:len(rows):4]]
-    assert (sub == 0).all() if kind == "vector" else set(-sub) <= set(HP["factors"])
+    assert (sub == 0).all() if subtraction == "null_out" else set(-sub) <= set(HP["factors"])
     params = {k: torch.tensor(np.asarray(v[c]), requires_grad=True) for k, v in init.items()}
     policy = torch_logps(torch, hf, edit, arrays, rows, factors, params)
     with torch.no_grad():
@@ -156,19 +164,25 @@ def test_first_step_loss_and_gradients_equal_torch(tiny_gemma3, tiny, kind):
                                  err_msg=key)
 
 
+def test_null_out_is_refused_for_loreft(tiny):
+  model, examples = tiny
+  with pytest.raises(AxjaxError, match="null_out for a steering vector only"):
+    _setup(model, examples, EDITS["LoReFT"], _hp(EDITS["LoReFT"], subtraction="null_out"))
+
+
 def test_joint_training_equals_each_concept_alone(tiny):
   model, examples = tiny
   edit = EDITS["vector"]
   arrays = shared_arrays(edit, examples, HP["length_norm"])
   acts = np.asarray(layer_activations(model.params, model.config, arrays["tokens"], arrays["mask"], edit.after))
-  joint, record = train_preference(edit, model.params, model.config, examples, acts, HP, seed=SEED)
+  joint, record = train_preference(edit, model.params, model.config, examples, acts, _hp(edit), seed=SEED)
   assert record["loss"].shape == (4, CONCEPTS) and np.isfinite(record["loss"]).all()
   for c in range(CONCEPTS):
     one = lambda e: dataclasses.replace(e, concept_ids=e.concept_ids[c:c + 1], index=e.index[c:c + 1],
                                         labels=e.labels[c:c + 1], row_valid=e.row_valid[c:c + 1])
     alone, alone_record = train_preference(edit, model.params, model.config,
-                                           PreferenceExamples(one(examples.concept), one(examples.own)), acts, HP,
-                                           seed=SEED)
+                                           PreferenceExamples(one(examples.concept), one(examples.own)), acts,
+                                           _hp(edit), seed=SEED)
     np.testing.assert_allclose(alone_record["loss"][:, 0], record["loss"][:, c], rtol=1e-5)
     for key in joint:
       np.testing.assert_allclose(alone[key][0], joint[key][c], rtol=1e-4, atol=1e-6, err_msg=key)
@@ -179,7 +193,7 @@ def test_training_moves_towards_the_concept_and_the_null_out_away(tiny):
   and the null-out raises log p(y) - log p(y_c)."""
   model, examples = tiny
   edit = EDITS["vector"]
-  hp = {**HP, "n_epochs": 6, "lr": 0.1}
+  hp = _hp(edit, n_epochs=6, lr=0.1)
   setup, arrays = _setup(model, examples, edit, hp)
   acts = setup.arrays["acts"]
   trained, _ = train_preference(edit, model.params, model.config, examples, acts, hp, seed=SEED)

@@ -2,8 +2,8 @@
 
 Upstream's PreferenceModel (reference section 6): every positive example gives two pairs, `orig_add` (winner:
 prompt + concept response y_c, loser: prompt + the model's own y, each steered with its own factor drawn from
-the training list) and `orig_sub` (winner y, loser y_c, steered with factor 0, the vector's null-out, or, for
-LoReFT and LoRA, with minus a drawn factor). The policy is the edited model, the reference the same model
+the training list) and `orig_sub` (winner y, loser y_c, steered with factor 0, the vector's null-out, or with
+minus a drawn factor: RePS's LoReFT and LoRA, and BiPO). The policy is the edited model, the reference the same model
 unedited; each sequence scores the summed log-probs of its response tokens (`preference_loss`). A step's loss
 is the mean over its pairs, its gradient clipped to norm 1 per concept; AdamW, linear decay, no warmup.
 
@@ -48,7 +48,8 @@ from axjax.model.transformer import run_above
 Array = jax.Array
 PyTree = Any
 KINDS = ("vector", "LoReFT", "LoRA")
-ROWS_PER_EXAMPLE = 4  # add-winner (y_c), add-loser (y), sub-winner (y), sub-loser (y_c)
+# The sub pair's factors: 0 (upstream's null_it_out: the vector's null-out) or minus a drawn one ("normal").
+SUBTRACTIONS = ("null_out", "negate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +96,6 @@ class PreferenceEdit:
     bound = 1.0 / math.sqrt(d)
     vectors = jax.vmap(lambda k: jax.random.uniform(k, (d,), jnp.float32, -bound, bound))(keys)
     return {"vector": vectors, "bias": jnp.zeros(len(keys), jnp.float32)}
-
-  def subtract_factors(self, draws: np.ndarray) -> np.ndarray:
-    """The sub pair's factors from drawn ones: 0 (the vector's null-out) or their negation."""
-    return np.zeros_like(draws) if self.kind == "vector" else -draws
 
   def edits(self, params: PyTree, factor: Array) -> dict[str, Any]:
     """`run_above` keyword arguments applying one concept's params with a factor per row [R]."""
@@ -202,6 +199,9 @@ def prepare_preference(edit: PreferenceEdit, config: GemmaConfig, examples: Pref
   """The joint run over every concept of `examples`: `acts` [2U, T, d] the frozen stream after `edit.after` of
   the `shared_arrays` rows, `reference` [2U] their unedited log-probs (`reference_logps`)."""
   edit.check(config)
+  if hp["subtraction"] not in SUBTRACTIONS or (hp["subtraction"] == "null_out" and edit.kind != "vector"):
+    raise AxjaxError(f"subtraction must be one of {', '.join(SUBTRACTIONS)} (null_out for a steering vector "
+                     f"only), not {hp['subtraction']!r} for {edit.kind}")
   arrays = shared_arrays(edit, examples, hp["length_norm"])
   u, width = arrays["tokens"].shape
   if acts.shape != (u, width, config.hidden_size) or reference.shape != (u,):
@@ -220,7 +220,8 @@ def prepare_preference(edit: PreferenceEdit, config: GemmaConfig, examples: Pref
     own_row = examples.own.shared_rows(positions.reshape(c, a * b)).reshape(c, a, b) + offset
     rows = np.stack([concept_row, own_row, own_row, concept_row], -1)  # add (y_c over y), sub (y over y_c)
     draws = factor_draws(hp["factors"], seed, concept_ids, step, (a, b, 4))
-    factor = np.concatenate([draws[..., :2], edit.subtract_factors(draws[..., 2:])], -1)
+    sub = np.zeros_like(draws[..., 2:]) if hp["subtraction"] == "null_out" else -draws[..., 2:]
+    factor = np.concatenate([draws[..., :2], sub], -1)
     micro.append((rows.reshape(c * a, b * 4), np.repeat(weight, 4, -1).reshape(c * a, b * 4)))
     factors.append(factor.reshape(c, a * b * 4))
   packed = batching.packed_width(arrays["loss_mask"], micro)
