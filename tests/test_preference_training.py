@@ -129,12 +129,7 @@ def test_first_step_loss_and_gradients_equal_torch(tiny_gemma3, tiny, kind, subt
   edit = EDITS[kind]
   init = _strong_init(model, edit)
   setup, arrays = _setup(model, examples, edit, _hp(edit, subtraction=subtraction), init=init)
-  step = setup.batches[0]
-  batch = {k: jnp.asarray(v)[step.rows] for k, v in setup.arrays.items()}
-  batch.update({k: jnp.asarray(v) for k, v in step.extra.items()}, weight=jnp.asarray(step.weight, jnp.float32))
-  total = lambda p: setup.objectives[0].joint(p, batch, 0.0, model.params)[0]
-  losses = np.asarray(total(setup.init))
-  grads = jax.grad(lambda p: jnp.sum(total(p)))(setup.init)
+  losses, grads, step = _first_step(setup, model)
   hf = tiny_gemma3[0]
   for c in range(CONCEPTS):
     rows, factors = np.asarray(step.rows[c]), np.asarray(step.extra["factor"][c], np.float32)
@@ -162,6 +157,39 @@ def test_first_step_loss_and_gradients_equal_torch(tiny_gemma3, tiny, kind, subt
       assert np.abs(want).max() > 0, key
       np.testing.assert_allclose(np.asarray(grads[key][c]), want, rtol=2e-4, atol=2e-4 * np.abs(want).max(),
                                  err_msg=key)
+
+
+@pytest.mark.parametrize("kind", ["vector", "LoReFT"])
+def test_lm_objective_equals_torch(tiny_gemma3, tiny, kind):
+  """The "Lang." rows: each example's concept response steered with a drawn factor, HF's mean NLL over the
+  batch's response tokens."""
+  torch = pytest.importorskip("torch")
+  model, examples = tiny
+  edit = EDITS[kind]
+  init = _strong_init(model, edit)
+  setup, arrays = _setup(model, examples, edit, _hp(edit, loss_type="lm"), init=init)
+  losses, grads, step = _first_step(setup, model)
+  for c in range(CONCEPTS):
+    rows, factors = np.asarray(step.rows[c]), np.asarray(step.extra["factor"][c], np.float32)
+    assert len(rows) == HP["batch_size"] and (rows < len(examples.concept.tokens)).all()
+    assert set(factors) <= set(HP["factors"])
+    params = {k: torch.tensor(np.asarray(v[c]), requires_grad=True) for k, v in init.items()}
+    loss = -torch_logps(torch, tiny_gemma3[0], edit, arrays, rows, factors, params).sum() / float(
+        arrays["loss_mask"][rows][:, 1:].sum())
+    loss.backward()
+    np.testing.assert_allclose(losses[c], loss.item(), rtol=2e-5)
+    for key, p in params.items():
+      np.testing.assert_allclose(np.asarray(grads[key][c]), p.grad.numpy(), rtol=2e-4,
+                                 atol=2e-4 * np.abs(p.grad.numpy()).max(), err_msg=key)
+
+
+def _first_step(setup, model):
+  """The objective's per-concept losses and gradients on the first step, gathered as joint_step gathers them."""
+  step = setup.batches[0]
+  batch = {k: jnp.asarray(v)[step.rows] for k, v in setup.arrays.items()}
+  batch.update({k: jnp.asarray(v) for k, v in step.extra.items()}, weight=jnp.asarray(step.weight, jnp.float32))
+  total = lambda p: setup.objectives[0].joint(p, batch, 0.0, model.params)[0]
+  return np.asarray(total(setup.init)), jax.grad(lambda p: jnp.sum(total(p)))(setup.init), step
 
 
 def test_null_out_is_refused_for_loreft(tiny):

@@ -8,7 +8,8 @@ unedited; each sequence scores the summed log-probs of its response tokens (`pre
 is the mean over its pairs, its gradient clipped to norm 1 per concept; AdamW, linear decay, no warmup.
 
 Per step and concept the rows are laid out [A accumulation batches, B examples, 4]: add-winner, add-loser,
-sub-winner, sub-loser. The frozen model runs once up to the edit's first layer (`PreferenceEdit.after`) over
+sub-winner, sub-loser (the LM objective of the "Lang." rows, upstream's Concept* models: [A, B, 1], the steered
+concept response alone, each batch's HF loss). The frozen model runs once up to the edit's first layer (`PreferenceEdit.after`) over
 both sequences of every example, and once to the end for the reference log-probs; each step runs only the
 layers above. Every concept draws its factors from (seed, concept id, step), so joint equals separate runs.
 
@@ -50,6 +51,7 @@ PyTree = Any
 KINDS = ("vector", "LoReFT", "LoRA")
 # The sub pair's factors: 0 (upstream's null_it_out: the vector's null-out) or minus a drawn one ("normal").
 SUBTRACTIONS = ("null_out", "negate")
+LM = "lm"  # the loss_type of upstream's Concept* models (the "Lang." rows): the LM loss of the steered y_c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +121,7 @@ class PreferenceObjective:
 
   edit: PreferenceEdit
   head: UpperModel
-  loss: PreferenceLoss
+  loss: PreferenceLoss | None  # None: the LM objective on the steered concept responses
   accumulation: int
   remat: bool
 
@@ -142,6 +144,10 @@ class PreferenceObjective:
     nll = self.head.position_nll(model_params, split(h), {
         "tokens": split(batch["tokens"]), "mask": split(batch["mask"]), "loss_index": flat(batch["loss_index"]),
         "loss_valid": flat(batch["loss_valid"])})  # [C * A, W]
+    if self.loss is None:  # the LM objective: each batch's mean NLL over its output tokens (HF's loss)
+      valid = flat(batch["loss_valid"])
+      per_batch = (jnp.sum(nll, -1) / jnp.maximum(jnp.sum(valid, -1), 1.0)).reshape(c, a)
+      return jnp.sum(per_batch, -1) / a, {"lm": jnp.mean(per_batch, -1)}
     row = flat(batch["loss_index"]) // t
     policy = -jax.vmap(lambda n, r: jnp.zeros(rows).at[r].add(n))(nll, row).reshape(c, a, -1, 2)
     pairs = lambda x: x.reshape(c, a, -1, 2)  # [C, A, 2B, (winner, loser)]
@@ -214,16 +220,22 @@ def prepare_preference(edit: PreferenceEdit, config: GemmaConfig, examples: Pref
   plan, schedule, per_epoch = step_plan(ex.row_valid, concept_ids, hp, seed)
   c, a, b = plan[0][0].shape
   offset = len(ex.tokens)  # own rows follow the concept rows
+  lm = hp["loss_type"] == LM
+  per_example = 1 if lm else 4
   micro, factors = [], []
   for step, (positions, weight) in enumerate(plan):
     concept_row = ex.shared_rows(positions.reshape(c, a * b)).reshape(c, a, b)
     own_row = examples.own.shared_rows(positions.reshape(c, a * b)).reshape(c, a, b) + offset
-    rows = np.stack([concept_row, own_row, own_row, concept_row], -1)  # add (y_c over y), sub (y over y_c)
-    draws = factor_draws(hp["factors"], seed, concept_ids, step, (a, b, 4))
-    sub = np.zeros_like(draws[..., 2:]) if hp["subtraction"] == "null_out" else -draws[..., 2:]
-    factor = np.concatenate([draws[..., :2], sub], -1)
-    micro.append((rows.reshape(c * a, b * 4), np.repeat(weight, 4, -1).reshape(c * a, b * 4)))
-    factors.append(factor.reshape(c, a * b * 4))
+    draws = factor_draws(hp["factors"], seed, concept_ids, step, (a, b, per_example))
+    if lm:  # upstream's Concept* models: the steered concept response alone
+      rows, factor = concept_row[..., None], draws
+    else:
+      rows = np.stack([concept_row, own_row, own_row, concept_row], -1)  # add (y_c over y), sub (y over y_c)
+      sub = np.zeros_like(draws[..., 2:]) if hp["subtraction"] == "null_out" else -draws[..., 2:]
+      factor = np.concatenate([draws[..., :2], sub], -1)
+    micro.append((rows.reshape(c * a, b * per_example),
+                  np.repeat(weight, per_example, -1).reshape(c * a, b * per_example)))
+    factors.append(factor.reshape(c, a * b * per_example))
   packed = batching.packed_width(arrays["loss_mask"], micro)
   dropout_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, 1)
   batches = []
@@ -238,7 +250,7 @@ def prepare_preference(edit: PreferenceEdit, config: GemmaConfig, examples: Pref
   groups = mesh.shape[sharding.CONCEPTS]
   pooled = batching.pooled_rows([s.extra["loss_valid"].reshape(c * a, packed) for s in batches],
                                 sharding.concept_multiple(mesh, c) * a, groups)
-  loss = PreferenceLoss(hp["loss_type"], hp.get("beta", 1.0))
+  loss = None if lm else PreferenceLoss(hp["loss_type"], hp.get("beta", 1.0))
   objectives = tuple(PreferenceObjective(edit, UpperModel(config, config.num_layers - 1, False, pooled, groups,
                                                           chunk), loss, a, remat) for remat, chunk in MEMORY_LADDER)
   optim = OptimConfig(lr=hp["lr"], total_steps=schedule, weight_decay=hp["weight_decay"],
@@ -276,7 +288,8 @@ def train_preference(edit: PreferenceEdit, model_params, config: GemmaConfig, ex
   """Every concept's edit trained jointly on its preference pairs: the params stack [C, ...] and the training
   record {"loss", "accuracy": [steps, C]}."""
   arrays = shared_arrays(edit, examples, hp["length_norm"])
-  reference = reference_logps(model_params, config, acts, arrays, edit.after)
+  reference = (np.zeros(len(acts), np.float32) if hp["loss_type"] == LM else
+               reference_logps(model_params, config, acts, arrays, edit.after))
   setup = prepare_preference(edit, config, examples, acts, reference, hp, seed=seed, init=init, mesh=mesh)
   params, record = train_jointly(setup.optim, setup.objectives, setup.init,
                                  {k: jnp.asarray(v) for k, v in setup.arrays.items()}, setup.batches,
