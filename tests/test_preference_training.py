@@ -254,3 +254,27 @@ def _steered_logps(model, edit, arrays, acts, rows, params, factor):
   tokens = arrays["tokens"][rows]
   nll = token_nll(model.params, model.config, h[:, :-1].reshape(-1, h.shape[-1]), jnp.asarray(tokens[:, 1:]).reshape(-1))
   return -jnp.sum(nll.reshape(len(rows), -1) * arrays["loss_mask"][rows][:, 1:], -1)
+
+
+def test_killed_training_resumes_from_its_last_epoch_to_identical_numbers(tiny, tmp_path):
+  model, examples = tiny
+  edit = EDITS["vector"]
+  arrays = shared_arrays(edit, examples, HP["length_norm"])
+  acts = np.asarray(layer_activations(model.params, model.config, arrays["tokens"], arrays["mask"], edit.after))
+  run = lambda progress, folder=str(tmp_path): train_preference(
+      edit, model.params, model.config, examples, acts, _hp(edit), seed=SEED, progress=progress,
+      checkpoint_dir=folder)
+
+  def kill_in_epoch_two(step, values):
+    if step == 2:
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    run(kill_in_epoch_two)
+  steps = []
+  resumed, resumed_record = run(lambda step, values: steps.append(step))
+  assert steps == [2, 3]  # epoch 2 only (2 steps per epoch)
+  whole, whole_record = run(None, str(tmp_path / "whole"))
+  for key, value in whole.items():
+    np.testing.assert_array_equal(resumed[key], value)
+  np.testing.assert_array_equal(resumed_record["loss"], whole_record["loss"])

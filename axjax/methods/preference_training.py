@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from typing import Any, Callable
 
@@ -40,6 +41,7 @@ from axjax.methods.closed_form import concept_keys
 from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly
 from axjax.methods.objectives import MEMORY_LADDER, UpperModel
 from axjax.methods.preference_loss import PreferenceLoss, normalising_lengths
+from axjax.methods.training_checkpoint import EpochCheckpoint
 from axjax.model.adapters import Lora, first_last_mask, loreft
 from axjax.model.config import GemmaConfig
 from axjax.model.interventions import preference_vector
@@ -283,15 +285,21 @@ def reference_logps(model_params, config: GemmaConfig, acts: np.ndarray, arrays:
 def train_preference(edit: PreferenceEdit, model_params, config: GemmaConfig, examples: PreferenceExamples,
                      acts: np.ndarray, hp: dict[str, Any], *, seed: int = 0, init: dict[str, Any] | None = None,
                      mesh: jax.sharding.Mesh | None = None,
-                     progress: Callable[[int, dict[str, np.ndarray]], None] | None = None
-                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                     progress: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+                     checkpoint_dir: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """Every concept's edit trained jointly on its preference pairs: the params stack [C, ...] and the training
-  record {"loss", "accuracy": [steps, C]}."""
+  record {"loss", "accuracy" (or "lm"): [steps, C]}. With `checkpoint_dir`, the state is saved every epoch and a
+  rerun with the same settings resumes (`EpochCheckpoint`)."""
   arrays = shared_arrays(edit, examples, hp["length_norm"])
   reference = (np.zeros(len(acts), np.float32) if hp["loss_type"] == LM else
                reference_logps(model_params, config, acts, arrays, edit.after))
   setup = prepare_preference(edit, config, examples, acts, reference, hp, seed=seed, init=init, mesh=mesh)
+  checkpoint = None
+  if checkpoint_dir is not None:
+    settings = {**hp, "edit": dataclasses.asdict(edit), "seed": seed, "concept_ids": setup.concept_ids.tolist(),
+                "custom_init": init is not None}
+    checkpoint = EpochCheckpoint(checkpoint_dir, setup.steps_per_epoch, json.loads(json.dumps(settings)))
   params, record = train_jointly(setup.optim, setup.objectives, setup.init,
                                  {k: jnp.asarray(v) for k, v in setup.arrays.items()}, setup.batches,
-                                 frozen=model_params, progress=progress, mesh=mesh)
+                                 frozen=model_params, progress=progress, checkpoint=checkpoint, mesh=mesh)
   return {k: np.asarray(v) for k, v in params.items()}, record
