@@ -42,12 +42,12 @@ def _torch_concept(reference, ex, layer: int, hp: dict[str, Any], epochs: int, d
   def hook(module, inputs, output):
     h = output[0] if isinstance(output, tuple) else output
     where = state["where"]
-    latent = torch.relu(h @ w) * where
+    latent = torch.relu(h.float() @ w) * where  # the float32 latent of AxBench's float32 intervention
     top = torch.topk(latent.masked_fill(where == 0, -1.0), hp["topk"], dim=-1)
     magnitude = top.values.clamp(min=0).mean(-1)
     non_top = latent.scatter(-1, top.indices, 0.0)
     state["l1"] = (non_top.sum(-1) / (where.sum(-1) + 1e-7)).mean()
-    h = h + where[..., None] * magnitude[:, None, None] * w
+    h = (h + where[..., None] * magnitude[:, None, None] * w).to(h.dtype)
     return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
 
   handle = reference.model.layers[layer].register_forward_hook(hook)
