@@ -9,6 +9,7 @@ finder answers "not found" for torch. (Setting sys.modules["torch"] = None is no
 helpers read that entry whenever the key exists, so importing scikit-learn fails.)
 """
 
+import gc
 import os
 import sys
 
@@ -47,6 +48,15 @@ import axjax
 # The parity tests (against transformers, PyTorch and numpy) hold at full float32 matmul precision. That is the
 # CPU's only mode; on a GPU or TPU JAX's default would be TF32 or bf16 passes, which the tolerances do not cover.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops each test module's compiled programs when it ends: the suite compiles hundreds in one process, and
+  holding them all made XLA's CPU compiler crash (SIGSEGV) late in a full run."""
+  yield
+  jax.clear_caches()
+  gc.collect()
+
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=7, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
