@@ -155,9 +155,10 @@ class Dictionary:
   def rows_of(self, concept_ids: Iterable[int], missing: int | None = None) -> np.ndarray:
     """int64 [N]: the row of each concept id; `missing` where an id is not here (None: refuse it)."""
     rows = {cid: row for row, cid in enumerate(self.concept_ids)}
-    if missing is None:
-      return np.array([self.index_of(int(c)) for c in concept_ids], np.int64)
-    return np.array([rows.get(int(c), missing) for c in concept_ids], np.int64)
+    ids = [int(c) for c in concept_ids]
+    if missing is None and (absent := [c for c in ids if c not in rows]):
+      self.index_of(absent[0])  # refuses it in index_of's sentence
+    return np.array([rows.get(c, missing) for c in ids], np.int64)
 
   def replace(self, **changes) -> Dictionary:
     """A copy with `changes` applied and checked again."""

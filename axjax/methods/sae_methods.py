@@ -68,7 +68,7 @@ def concept_features(concepts, sae: sae_lib.Sae, layer: int, model_name: str,
   chosen = dict(chosen or {})
   if unknown := sorted(set(chosen) - {c.concept_id for c in concepts}):
     raise AxjaxError(f"--sae_features names concept {unknown[0]}, which is not among the run's concepts")
-  trained_for = sae_lib.model_key(sae.model_name or model_name)
+  ours = (sae_lib.model_key(sae.model_name or model_name), layer, _width_label(sae.num_features))
   out = {}
   for concept in concepts:
     if concept.concept_id in chosen:
@@ -78,12 +78,10 @@ def concept_features(concepts, sae: sae_lib.Sae, layer: int, model_name: str,
     if ref is None:
       raise AxjaxError(f"concept {concept.concept_id} has no GemmaScope feature in its metadata (ref "
                        f"{concept.ref!r}): pass --sae_features={concept.concept_id}:<feature>")
-    source = f"{ref['model']} layer {ref['layer']}, {ref['width']} features"
-    ours = f"{trained_for} layer {layer}, {_width_label(sae.num_features)} features"
-    if (sae_lib.model_key(ref["model"]), int(ref["layer"]), ref["width"]) != (trained_for, layer,
-                                                                              _width_label(sae.num_features)):
-      raise AxjaxError(f"concept {concept.concept_id}'s metadata feature is of the SAE of {source}, not of this "
-                       f"one ({ours}): pass --sae_features (concept_id:feature pairs or a JSON file)")
+    if (sae_lib.model_key(ref["model"]), int(ref["layer"]), ref["width"]) != ours:
+      raise AxjaxError(f"concept {concept.concept_id}'s metadata feature is of the SAE of {ref['model']} layer "
+                       f"{ref['layer']}, {ref['width']} features, not of this one ({ours[0]} layer {layer}, "
+                       f"{ours[2]} features): pass --sae_features (concept_id:feature pairs or a JSON file)")
     out[concept.concept_id] = int(ref["feature"])
   bad = {c: f for c, f in out.items() if not 0 <= f < sae.num_features}
   if bad:

@@ -28,7 +28,7 @@ from axjax.loading.load import LoadedModel
 from axjax.methods import adapter_methods, prompting, sae, sae_methods, sft
 from axjax.methods.registry import method
 from axjax.steering_eval.adapter_generation import steer_generate
-from axjax.steering_eval.rows import steering_magnitude
+from axjax.steering_eval.rows import row_strengths
 
 # run(params, ids [B, T], mask [B, T], keys [B], rows: the batch's rows of the table) -> tokens and lengths
 Run = Callable[[Any, Any, Any, Any, pd.DataFrame], GenerationOutput]
@@ -67,10 +67,9 @@ def sae_clamp_steerer(model: LoadedModel, dictionary: Dictionary, layer: int, mi
 
   def run(params, ids, mask, keys, rows):
     index = dictionary.rows_of(rows["concept_id"])
-    target = rows["factor"].to_numpy(np.float32) * steering_magnitude(dictionary.max_activations[index])
     feature = {"encoder": dictionary.weights[index], "bias": dictionary.biases[index],
                "threshold": extras["jump_threshold"][index], "vector": extras["steering_vector"][index],
-               "factor": target}
+               "factor": row_strengths(rows, dictionary)}
     return generate_tokens(params, model.config, ids, mask, keys, sampling, tuple(stops), pad_id, intervention,
                            feature)
 

@@ -58,7 +58,12 @@ def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary]) -> t
     if method not in dictionaries:
       raise AxjaxError(f"there is no dictionary for method {method!r} to steer with")
     d = dictionaries[method]
-    index = d.rows_of(group["concept_id"])
-    vectors[group.index] = d.steering_vectors()[index]
-    strengths[group.index] = group["factor"].to_numpy(np.float32) * steering_magnitude(d.max_activations[index])
+    vectors[group.index] = d.steering_vectors()[d.rows_of(group["concept_id"])]
+    strengths[group.index] = row_strengths(group, d)
   return vectors, strengths
+
+
+def row_strengths(rows: pd.DataFrame, dictionary: Dictionary) -> np.ndarray:
+  """[N] float32: each row's factor * its concept's `steering_magnitude` in `dictionary` (AxBench's strength)."""
+  index = dictionary.rows_of(rows["concept_id"])
+  return rows["factor"].to_numpy(np.float32) * steering_magnitude(dictionary.max_activations[index])
