@@ -29,7 +29,7 @@ from axjax.judges.local_judge import LocalJudge
 from axjax.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
 from axjax.judges.proxy import ProxyJudge
 from axjax.loading.tokenizer import cache_dir
-from axjax.methods import prompting, registry, sae_methods
+from axjax.methods import preference_methods, prompting, registry, sae_methods
 from axjax.methods.adapter_training import adapters_from
 from axjax.methods.joint_training import memory_budget
 from axjax.methods.sft import check_sft_memory
@@ -161,9 +161,14 @@ def main(argv):
   sae, sae_features = sae_flags.load(model, data.concepts, _LAYER.value, methods)
   hparams = {name: registry.hyperparameters(registry.method(name), model.config, overrides.get(name))
              for name in methods}
+  factor_grids = {}
   for name in methods:
     if registry.method(name).kind == "adapter":
       adapters_from(name, model.config, hparams[name])
+    if registry.method(name).kind == "preference":
+      preference_methods.edit_of(name, model.config, preference_methods.training_hyperparameters(
+          name, hparams[name]), _LAYER.value)
+      factor_grids[name] = preference_methods.factor_list(name, "steering_factors", hparams[name]["steering_factors"])
   if "SFT" in methods:
     check_sft_memory(model.config, hparams["SFT"], memory_budget())
   writer = make_writer(writer_flag, judge)
@@ -192,21 +197,20 @@ def main(argv):
   del cache  # the activations are not needed for steering
 
   rows = steering_rows(steered, [(c.concept_id, c.name) for c in data.concepts], instructions, protocol,
-                       factorless={m for m in steered if not registry.method(m).uses_factor})
+                       factorless={m for m in steered if not registry.method(m).uses_factor}, factor_grids=factor_grids)
   if "SFT" in steered:  # AxBench fine-tunes its first 20 concepts only
     first = [c.concept_id for c in data.concepts][:hparams["SFT"]["max_concepts"]]
     rows = rows[(rows["method"] != "SFT") | rows["concept_id"].isin(first)].reset_index(drop=True)
   atomic_files.write_parquet(os.path.join(output, "steering", "rows.parquet"), rows)
   dictionaries = sae_flags.steering_dictionaries(dictionaries, sae_max_acts)
-  vectors, strengths = row_vectors(rows, dictionaries)
+  steerers = row_steerers.steerers(model, data, dictionaries, protocol, _SEED.value, os.path.join(output, "training"),
+                                   cli.say, _MAX_EXAMPLES.value, _LAYER.value)
+  vectors, strengths = row_vectors(rows, dictionaries, skip=steerers)
   generations = generate_rows(model, rows, vectors, strengths, layer=_LAYER.value, protocol=protocol,
                               seed=_SEED.value, batch_size=_BATCH.value,
                               shard_dir=os.path.join(output, "steering", "generations"),
                               progress=lambda done, total: progress("steered generation", done, total),
-                              mesh=mesh, params=placed,
-                              steerers=row_steerers.steerers(model, data, dictionaries, protocol, _SEED.value,
-                                                             os.path.join(output, "training"), cli.say,
-                                                             _MAX_EXAMPLES.value, _LAYER.value))
+                              mesh=mesh, params=placed, steerers=steerers)
   atomic_files.write_parquet(os.path.join(output, "steering", "generations.parquet"), generations)
   if not processes.leave_to_writer():
     return  # judging and the report are host work: process 0 does them alone

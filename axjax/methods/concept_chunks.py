@@ -38,7 +38,8 @@ def activation_bytes(cache: ActivationCache, methods: Sequence[str], concept_ids
   out = np.full(len(concept_ids), moments, np.int64)
   for i, (rows, labels) in enumerate(per_concept):
     width = int(lengths[rows].max(initial=0)) + _TEMPLATE_TOKENS
-    count = {"binarized": len(rows), "lm_all": len(rows), "lm_positive": int(np.sum(labels == 1))}
+    positives = int(np.sum(labels == 1))
+    count = {"binarized": len(rows), "lm_all": len(rows), "lm_positive": positives, "preference": 2 * positives}
     out[i] += sum(count[s.partition("@")[0]] for s in sets) * width * row_bytes  # "@": another layer
   return out
 

@@ -23,8 +23,8 @@ from axjax.data.axbench_format import AxbenchData
 from axjax.dictionary import Dictionary
 from axjax.errors import AxjaxError
 from axjax.loading.load import LoadedModel
-from axjax.methods import (activations, adapter_methods, attribution, bow, closed_form, objectives, prompting,
-                           sae_methods, token_moments)
+from axjax.methods import (activations, adapter_methods, attribution, bow, closed_form, objectives,
+                           preference_methods, prompting, sae_methods, token_moments)
 from axjax.methods.activations import layer_activations
 from axjax.methods.joint_training import OptimConfig, StepBatch, train_jointly
 from axjax.methods.training_checkpoint import EpochCheckpoint
@@ -120,6 +120,8 @@ def example_set(name: str) -> str | None:
   spec = method(name)
   if spec.kind == "adapter":
     return f"lm_positive@{spec.name}"  # below the adapters' first layer
+  if spec.kind == "preference":
+    return "preference"  # prompt + y_c and prompt + y of every positive, below the edit (`preference_methods`)
   if spec.kind != "direction":
     return None
   return {"Random": None, "DiffMean": None, "PCA": None, "ReFT-r1": "lm_all", "SSV": "lm_positive"}.get(
@@ -283,10 +285,14 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
     biases = np.array([np.random.default_rng([seed, c]).uniform(-bound, bound) for c in ids], np.float32)
   elif spec.kind in KIND_FITS:
     extras, record, per_epoch = KIND_FITS[spec.kind](spec.name, cache, hp, seed, progress, checkpoint_dir)
-    hp = adapter_methods.resolved(spec.name, config, hp) if spec.kind == "adapter" else hp
+    if spec.kind == "adapter":
+      hp = adapter_methods.resolved(spec.name, config, hp)
+    elif spec.kind == "preference" and "layers" in hp:
+      hp = preference_methods.resolved(spec.name, config, hp, cache.layer)
     if record is not None:
       frame = _record_frame(record, np.array([c.concept_id for c in concepts]), per_epoch)
-    weights = None
+    weights = extras.pop("weights", None)  # a kind's rank-1 directions (the RePS vectors) and their biases
+    biases = extras.pop("biases", biases)
   elif spec.trained:
     part = lambda label: None if checkpoint_dir is None else os.path.join(checkpoint_dir, label)
     weights, record, per_epoch = _train(spec, hp, cache, seed, progress, part("axbench"))
@@ -316,9 +322,11 @@ def fit_method(name: str, cache: ActivationCache, *, overrides: dict[str, Any] |
 
 
 # How the methods of each kind other than "direction" fit: (name, cache, hp, seed, progress, checkpoint_dir) ->
-# (extras [C, ...], training record {name: [steps, C]} or None, steps per epoch). SFT trains while steering.
+# (extras [C, ...], training record {name: [steps, C]} or None, steps per epoch); "weights" and "biases" among the
+# extras become the dictionary's. SFT trains while steering.
 KIND_FITS = {"adapter": adapter_methods.fit_adapters, "bow": bow.fit_concepts,
              "attribution": attribution.fit_concepts, "prompt": prompting.fit_concepts,
+             "preference": preference_methods.fit_preference,
              "sft": lambda *_: ({}, None, 0)}
 
 

@@ -8,6 +8,8 @@ Kinds (each has one module that trains it, scores detection with it and/or steer
 - "bow": AxBench's bag-of-words classifier (`bow`); example-level detection scores.
 - "attribution": IntegratedGradients / InputXGradients (`attribution`); token scores from attributions.
 - "prompt": PromptSteering (a written steering prompt) and PromptDetection (the model rates the concept).
+- "preference": RePS and its baselines (`preference_methods`): a steering vector, LoReFT or LoRA trained on
+  preference pairs (RePS, BiPO) or with the LM loss (the "Lang." rows); steering with a factor on its own grid.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from axjax.errors import AxjaxError
 from axjax.model.config import GemmaConfig
 
 
-KINDS = ("direction", "adapter", "sft", "bow", "attribution", "prompt")
+KINDS = ("direction", "adapter", "sft", "bow", "attribution", "prompt", "preference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +42,7 @@ class MethodSpec:
   def uses_factor(self) -> bool:
     """Steering scales a direction by a factor; the other methods steer without one (AxBench averages their
     rows over factors, so axjax generates them once per instruction)."""
-    return self.kind == "direction"
+    return self.kind in ("direction", "preference")
 
 
 _CLOSED = {"batch_size": 6, "n_epochs": 1}
@@ -101,14 +103,76 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
     MethodSpec("PromptDetection", False, False, {"max_new_tokens": 512, "temperature": 1.0},
                {"max_new_tokens": 512, "temperature": 1.0}, kind="prompt", steers=False),
 ]}
+
+def _grid(*values: float) -> str:
+  return "+".join(f"{v:g}" for v in values)
+
+
+# RePS's sweeps (axbench/sweep/wuzhengx/reps/experiments/{p,c}_{vector,loreft,lora}_{dps,bipo}_g2-{2b,9b}_axbench.yaml;
+# reference section 6): "factors" are the training draws, "steering_factors" the inference grid (joined by "+").
+# `response_tokens`: the length of the model's own responses y; `subtraction`: the sub pair's factor, 0 with the
+# vector's null-out ("null_out", upstream's null_it_out) or minus a drawn one ("negate", its "normal").
+_SV_FACTORS, _SV_GRID = _grid(*range(2, 21, 2)), _grid(*range(2, 21, 2), 25, 30, 40, 50)
+_ADAPTER_FACTORS = _grid(*(i / 5 for i in range(1, 11)))
+_AXBENCH_GRID = _grid(0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0)
+_PREFERENCE = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "max_grad_norm": 1.0,
+               "loss_type": "scaled_simpo", "length_norm": "sequence", "subtraction": "negate", "dropout": 0.0,
+               "response_tokens": 512, "layers": "auto", "low_rank_dimension": 4, "positions": "f5+l5"}
+
+
+def _preference(name: str, edit_factors: str, grid: str, small: dict[str, Any], large: dict[str, Any]) -> MethodSpec:
+  base = {**_PREFERENCE, "factors": edit_factors, "steering_factors": grid}
+  if name.startswith("SV-"):  # one layer (the run's), no rank, no positions
+    base = {k: v for k, v in base.items() if k not in ("layers", "low_rank_dimension", "positions")}
+  return MethodSpec(name, True, False, {**base, **small}, {**base, **large}, kind="preference", detects=False)
+
+
+_BIPO = {"loss_type": "dpo", "factors": "1"}
+_LANG = {"loss_type": "lm"}
+# Upstream's vector and LoReFT dropout (on the edit) is not implemented: where a sweep sets it (9B SV RePS,
+# LoReFT-Lang/BiPO), axjax trains without it (WORKSPACE.md lists the departure); LoRA's dropout is.
+PREFERENCE_METHODS = [
+    _preference("SV-RePS", _SV_FACTORS, _SV_GRID, {"batch_size": 6, "n_epochs": 18, "lr": 0.04, "subtraction": "null_out"},
+                {"batch_size": 6, "n_epochs": 18, "lr": 0.08, "subtraction": "null_out"}),
+    _preference("LoReFT-RePS", _ADAPTER_FACTORS, _AXBENCH_GRID,
+                {"batch_size": 3, "gradient_accumulation_steps": 4, "n_epochs": 18, "lr": 0.04},
+                {"batch_size": 6, "gradient_accumulation_steps": 2, "n_epochs": 12, "lr": 0.04}),
+    _preference("LoRA-RePS", _ADAPTER_FACTORS, _AXBENCH_GRID,
+                {"batch_size": 6, "n_epochs": 6, "lr": 0.08, "dropout": 0.1},
+                {"batch_size": 2, "gradient_accumulation_steps": 6, "n_epochs": 6, "lr": 0.08, "dropout": 0.1}),
+    _preference("SV-Lang", _SV_FACTORS, _SV_GRID, {**_LANG, "batch_size": 6, "gradient_accumulation_steps": 2,
+                                                   "n_epochs": 6, "lr": 0.04},
+                {**_LANG, "batch_size": 6, "gradient_accumulation_steps": 2, "n_epochs": 12, "lr": 0.08}),
+    _preference("LoReFT-Lang", _ADAPTER_FACTORS, _AXBENCH_GRID, {**_LANG, "batch_size": 6, "n_epochs": 12, "lr": 0.04},
+                {**_LANG, "batch_size": 6, "n_epochs": 12, "lr": 0.04}),
+    _preference("LoRA-Lang", _ADAPTER_FACTORS, _AXBENCH_GRID,
+                {**_LANG, "batch_size": 6, "gradient_accumulation_steps": 2, "n_epochs": 6, "lr": 0.04},
+                {**_LANG, "batch_size": 6, "gradient_accumulation_steps": 2, "n_epochs": 18, "lr": 0.08,
+                 "dropout": 0.1}),
+    _preference("SV-BiPO", "1", _AXBENCH_GRID, {**_BIPO, "batch_size": 6, "gradient_accumulation_steps": 2,
+                                                "n_epochs": 12, "lr": 0.04},
+                {**_BIPO, "batch_size": 6, "gradient_accumulation_steps": 2, "n_epochs": 12, "lr": 0.08}),
+    _preference("LoReFT-BiPO", "1", _AXBENCH_GRID, {**_BIPO, "batch_size": 3, "gradient_accumulation_steps": 2,
+                                                    "n_epochs": 18, "lr": 0.04},
+                {**_BIPO, "batch_size": 3, "gradient_accumulation_steps": 2, "n_epochs": 12, "lr": 0.04}),
+    _preference("LoRA-BiPO", "1", _AXBENCH_GRID, {**_BIPO, "batch_size": 6, "n_epochs": 12, "lr": 0.04, "dropout": 0.1},
+                {**_BIPO, "batch_size": 3, "gradient_accumulation_steps": 2, "n_epochs": 12, "lr": 0.08,
+                 "dropout": 0.1}),
+]
+METHODS.update({m.name: m for m in PREFERENCE_METHODS})
+
 # Hyperparameters that name a variant, with their choices. LinearProbe.loss: "axbench" is BCELoss(sigmoid(z))
 # with torch's saturating gradients, "stable" the log-sigmoid form. ReFT-r1.topk_candidates: "axbench" lets
 # copies of a pad token's latent enter the top-k as AxBench's batching does, "real" uses real tokens only.
 CHOICES = {"loss": ("axbench", "stable"), "topk_candidates": ("axbench", "real"), "accumulate": ("sum", "mean"),
-           "dtype": ("float32", "bfloat16")}
+           "dtype": ("float32", "bfloat16"), "loss_type": ("scaled_simpo", "dpo", "simpo", "lm"),
+           "length_norm": ("sequence", "response"), "subtraction": ("null_out", "negate")}
 ALIASES = {"LsReFT": "ReFT-r1", "ReFT_r1": "ReFT-r1", "Probe": "LinearProbe", "SteeringVector": "SSV",
            "GemmaScopeSAE": "SAE", "GemmaScopeSAEMaxAUC": "SAE-A", "SAE-MaxAUC": "SAE-A", "GemmaScopeSAEMaxDiff": "SAE-MaxDiff",
-           "IG": "IntegratedGradients", "IxG": "InputXGradients", "Prompt": "PromptSteering"}
+           "IG": "IntegratedGradients", "IxG": "InputXGradients", "Prompt": "PromptSteering",
+           "RePS": "SV-RePS", "PreferenceVector": "SV-RePS", "PreferenceLoReFT": "LoReFT-RePS",
+           "PreferenceLoRA": "LoRA-RePS", "ConceptVector": "SV-Lang", "ConceptLoReFT": "LoReFT-Lang",
+           "ConceptLoRA": "LoRA-Lang"}
 
 
 def method(name: str) -> MethodSpec:

@@ -26,9 +26,11 @@ from axjax.model.config import GemmaConfig
 def steer_generate(params: Any, config: GemmaConfig, adapters: Adapters, stack: dict[str, Any],
                    concept_index: Any, prompt: Any, prompt_mask: Any, rng: jax.Array,
                    sampling: SamplingConfig = SamplingConfig(), stop_ids: tuple[int, ...] = (),
-                   pad_id: int = 0) -> GenerationOutput:
+                   pad_id: int = 0, factors: Any = None) -> GenerationOutput:
   """Generates for left-padded prompts [B, T] (mask [B, T]), row i with adapter `concept_index[i]` of `stack`
-  ([C, ...], as `TrainedAdapters.params`). `rng`: one key or [B] keys (one per row, as `generate_tokens`)."""
+  ([C, ...], as `TrainedAdapters.params`). `rng`: one key or [B] keys (one per row, as `generate_tokens`).
+  `factors` [B]: RePS's steering factor per row (LoReFT's edit and LoRA's delta scaled by it); None: AxBench's
+  adapters, which steer without one."""
   adapters.check(config, stack)
   concepts = len(jax.tree.leaves(stack)[0])
   index = np.asarray(concept_index)
@@ -41,7 +43,14 @@ def steer_generate(params: Any, config: GemmaConfig, adapters: Adapters, stack: 
     raise AxjaxError(f"concept_index must lie in 0..{concepts - 1} (the stack's concepts); got {index.min()} "
                      f"to {index.max()}")
   rows = jax.tree.map(lambda x: jnp.asarray(x)[index], stack)
+  if factors is not None:
+    factors = jnp.asarray(factors, jnp.float32)
+    chex.assert_shape(factors, index.shape)
+    if adapters.kind == "LoRA":
+      rows = {**rows, "b": rows["b"] * factors[:, None, None, None]}
   edits = adapters.edits(rows, batched=True)
+  if factors is not None and adapters.kind == "LoReFT":
+    edits["intervention_params"] = tuple({**site, "factor": factors} for site in edits["intervention_params"])
   where = None
   if adapters.kind == "LoReFT":
     where = first_last_mask(jnp.asarray(prompt_mask), *adapters.positions)

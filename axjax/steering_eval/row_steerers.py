@@ -1,7 +1,8 @@
 """How the rows of each steering method that does not add a vector generate (`generate_rows`' `steerers`).
 
-A `RowSteerer` says what a row's model input is and how a batch of its rows generates: LoReFT and LoRA gather
-each row's concept adapter inside one compiled decode (rows of many concepts share a batch), the SAE methods
+A `RowSteerer` says what a row's model input is and how a batch of its rows generates: LoReFT and LoRA (also
+RePS's, scaled by each row's factor) gather each row's concept adapter inside one compiled decode (rows of many
+concepts share a batch), the SAE methods
 under clamping set (or raise) each row's feature through its JumpReLU encoder, PromptSteering
 feeds AxBench's steered input to the unedited model, and SFT fine-tunes the model for one concept at a time
 (`per_concept`: `start` trains it when that concept still has rows to generate, so a resumed run retrains
@@ -25,7 +26,7 @@ from axjax.generation.decode import GenerationOutput, generate_tokens
 from axjax.generation.sampling import SamplingConfig
 from axjax.generation.text import stop_token_ids
 from axjax.loading.load import LoadedModel
-from axjax.methods import adapter_methods, prompting, sae, sae_methods, sft
+from axjax.methods import adapter_methods, preference_methods, prompting, sae, sae_methods, sft
 from axjax.methods.registry import method
 from axjax.steering_eval.adapter_generation import steer_generate
 from axjax.steering_eval.rows import row_strengths
@@ -47,13 +48,18 @@ class RowSteerer:
 
 def adapter_steerer(model: LoadedModel, dictionary: Dictionary, sampling: SamplingConfig, stops: Sequence[int],
                     pad_id: int) -> RowSteerer:
-  """LoReFT or LoRA: each row's concept adapter from the dictionary's stack, gathered per row in the decode."""
-  adapters, stack = adapter_methods.adapters_of(dictionary, model.config)
+  """LoReFT or LoRA: each row's concept adapter from the dictionary's stack, gathered per row in the decode;
+  RePS's (a preference method) scaled by the row's factor."""
+  if method(dictionary.method).kind == "preference":
+    edit, stack = preference_methods.adapter_stack(dictionary, model.config)
+    adapters, factors = edit.adapters, lambda rows: rows["factor"].to_numpy(np.float32)
+  else:
+    (adapters, stack), factors = adapter_methods.adapters_of(dictionary, model.config), lambda rows: None
 
   def run(params, ids, mask, keys, rows):
     index = dictionary.rows_of(rows["concept_id"])
     return steer_generate(params, model.config, adapters, stack, index, ids, mask, keys, sampling, tuple(stops),
-                          pad_id)
+                          pad_id, factors(rows))
 
   return RowSteerer(lambda _: run)
 
@@ -131,6 +137,8 @@ def steerers(model: LoadedModel, data, dictionaries: Mapping[str, Dictionary], p
     if spec.name in sae_methods.METHODS and protocol.intervention != "addition":
       out[name] = sae_clamp_steerer(model, dictionary, layer, protocol.intervention == "min_clamping", sampling,
                                     stops, pad_id)
+    if spec.kind == "preference" and dictionary.weights is None:  # RePS's LoReFT and LoRA
+      out[name] = adapter_steerer(model, dictionary, sampling, stops, pad_id)
     if not spec.steers or spec.uses_factor:
       continue
     if spec.kind == "adapter":

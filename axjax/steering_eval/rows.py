@@ -14,16 +14,18 @@ from axjax.steering_eval.protocol import SteeringProtocol
 
 
 def steering_rows(methods: Sequence[str], concepts: Sequence[tuple[int, str]], instructions: Sequence[str],
-                  protocol: SteeringProtocol, factorless: Collection[str] = ()) -> pd.DataFrame:
+                  protocol: SteeringProtocol, factorless: Collection[str] = (),
+                  factor_grids: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
   """One row per (method, concept, factor, instruction), in that nesting order, with a stable `row_id`.
 
   Instructions are drawn per concept as AxBench draws them; the first `select_count` form the "select" split.
   Methods in `factorless` (LoReFT, LoRA, SFT, prompting) get one row per instruction, factor NaN: AxBench gives
   them a row per factor, which it ignores, and averages them, the same expectation at 1/len(factors) the cost.
+  A method in `factor_grids` (RePS's) steers at its own factors instead of the protocol's.
   """
   records = []
   for method in methods:
-    factors = [np.nan] if method in factorless else protocol.factors
+    factors = [np.nan] if method in factorless else (factor_grids or {}).get(method, protocol.factors)
     for concept_id, concept in concepts:
       drawn = draw_instructions(len(instructions), concept_id, protocol.instructions_per_concept)
       for factor_index, factor in enumerate(factors):
@@ -43,17 +45,18 @@ def steering_magnitude(max_activations: np.ndarray) -> np.ndarray:
   return np.where(np.isnan(max_act), np.float32(1.0), np.where(max_act <= 0, np.float32(50.0), max_act))
 
 
-def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary]) -> tuple[np.ndarray, np.ndarray]:
+def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary], skip: Collection[str] = ()
+                ) -> tuple[np.ndarray, np.ndarray]:
   """Each row's steering vector [N, d] as stored in its method's dictionary (`Dictionary.steering_vectors`),
   and its strength [N] = factor * the concept's `steering_magnitude` (AxBench's rule); zero for the rows of a
-  method steering without a factor."""
+  method steering without a factor or in `skip` (those that steer their own way: `row_steerers`)."""
   width = {d.hidden_size for d in dictionaries.values()}
   if len(width) != 1:
     raise AxjaxError(f"the dictionaries to steer with have different widths {sorted(width)}")
   vectors = np.zeros((len(rows), width.pop()), np.float32)
   strengths = np.zeros(len(rows), np.float32)
   for method, group in rows.groupby("method", sort=False):
-    if group["factor"].isna().all():
+    if group["factor"].isna().all() or method in skip:
       continue
     if method not in dictionaries:
       raise AxjaxError(f"there is no dictionary for method {method!r} to steer with")
