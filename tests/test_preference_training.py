@@ -15,8 +15,11 @@ from axjax.data.examples import LMExamples
 from axjax.data.preference_examples import PreferenceExamples
 from axjax.errors import AxjaxError
 from axjax.methods.activations import layer_activations
+from axjax.generation.sampling import SamplingConfig
 from axjax.methods.preference_training import (PreferenceEdit, prepare_preference, reference_logps, shared_arrays,
                                                train_preference)
+from axjax.model.adapters import first_last_mask
+from axjax.steering_eval.adapter_generation import steer_generate
 
 T, PER_CONCEPT, CONCEPTS, SEED = 24, 4, 2, 3
 HP = {"batch_size": 2, "gradient_accumulation_steps": 1, "n_epochs": 2, "lr": 0.04, "weight_decay": 0.0,
@@ -76,7 +79,16 @@ def _strong_init(model, edit):
 
 def torch_logps(torch, hf, edit, arrays, rows, factors, params):
   """Summed response log-probs of `rows` under the HF model edited per row as the reference doc writes it."""
-  where = torch.tensor(arrays["positions"][rows])[..., None]
+  logits = torch_logits(torch, hf, edit, arrays["tokens"][rows], arrays["mask"][rows], arrays["positions"][rows],
+                        factors, params)
+  logp = logits[:, :-1].log_softmax(-1).gather(-1, torch.tensor(arrays["tokens"][rows][:, 1:], dtype=torch.long)
+                                               [..., None])[..., 0]
+  return (logp * torch.tensor(arrays["loss_mask"][rows][:, 1:])).sum(-1)
+
+
+def torch_logits(torch, hf, edit, tokens, mask, positions, factors, params):
+  """The HF model's logits [B, T, V] for right-padded `tokens`, edited at `positions` with a factor per row."""
+  where = torch.tensor(positions)[..., None]
   factor = torch.tensor(factors)[:, None, None]
 
   def site_hook(apply):
@@ -108,17 +120,13 @@ def torch_logps(torch, hf, edit, arrays, rows, factors, params):
       def lora_edit(module, inputs, output, i=i):  # o_proj(x) + x (alpha A B), every token
         return output + factor * (inputs[0] @ params["a"][i] @ params["b"][i])
       hooks.append(hf.model.layers[layer].self_attn.o_proj.register_forward_hook(lora_edit))
-  mask = arrays["mask"][rows]
-  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+  position_ids = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
   try:
-    logits = hf(torch.tensor(arrays["tokens"][rows], dtype=torch.long),
-                attention_mask=torch.tensor(mask, dtype=torch.long), position_ids=torch.tensor(positions)).logits
+    return hf(torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
+              position_ids=torch.tensor(position_ids)).logits
   finally:
     for h in hooks:
       h.remove()
-  logp = logits[:, :-1].log_softmax(-1).gather(-1, torch.tensor(arrays["tokens"][rows][:, 1:], dtype=torch.long)
-                                               [..., None])[..., 0]
-  return (logp * torch.tensor(arrays["loss_mask"][rows][:, 1:])).sum(-1)
 
 
 @pytest.mark.parametrize("kind,subtraction", [("vector", "null_out"), ("vector", "negate"), ("LoReFT", "negate"),
@@ -278,3 +286,31 @@ def test_killed_training_resumes_from_its_last_epoch_to_identical_numbers(tiny, 
   for key, value in whole.items():
     np.testing.assert_array_equal(resumed[key], value)
   np.testing.assert_array_equal(resumed_record["loss"], whole_record["loss"])
+
+
+@pytest.mark.parametrize("kind", ["LoReFT", "LoRA"])
+def test_steered_generation_applies_each_rows_factor_as_torch(torch, tiny_gemma3, tiny, kind):
+  """Rows of both concepts in one compiled decode, each with its own factor (negative: suppression), greedily
+  pick the token the torch model edited with that concept's params and factor ranks first (LoReFT edits the
+  prompt's first and last tokens, LoRA every token)."""
+  model, examples = tiny
+  edit = EDITS[kind]
+  params = _strong_init(model, edit)
+  prompt = 8  # every prompt holds at least 8 tokens: rows of one length, no padding
+  tokens = examples.concept.tokens[:, :prompt]
+  mask = np.ones_like(tokens, bool)
+  index = np.array([0, 1, 0, 1, 1, 0, 0, 1])
+  factors = np.array([0.5, 2.0, -1.0, 1.0, -2.0, 3.0, 0.0, 1.5], np.float32)
+  out = steer_generate(model.params, model.config, edit.adapters, params, index, tokens, mask, jax.random.key(0),
+                       SamplingConfig(max_new_tokens=1, temperature=0.0), factors=factors)
+  where = np.asarray(first_last_mask(jnp.asarray(mask), *edit.positions)) if kind == "LoReFT" else mask
+  stack = {k: torch.tensor(np.asarray(v)[index]) for k, v in params.items()}
+  want = []
+  for row in range(len(index)):  # the torch hooks take one concept's params
+    one = {k: v[row] for k, v in stack.items()}
+    logits = torch_logits(torch, tiny_gemma3[0], edit, tokens[row:row + 1], mask[row:row + 1], where[row:row + 1],
+                          factors[row:row + 1], one)
+    want.append(int(logits[0, -1].argmax()))
+  plain = torch_logits(torch, tiny_gemma3[0], edit, tokens, mask, where, factors, None)[:, -1].argmax(-1).tolist()
+  assert np.asarray(out.tokens)[:, 0].tolist() == want
+  assert want != plain  # the edits change the greedy token: the comparison can fail
