@@ -14,17 +14,20 @@ same command resumes: finished methods, batches and judge replies (cached on dis
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 from absl import flags
 import numpy as np
+import pandas as pd
 
 import axjax
-from axjax import atomic_files, processes
+from axjax import atomic_files
 from axjax.data.axbench_format import read_axbench
 from axjax.evaluation import descriptions
 from axjax.errors import AxjaxError
-from axjax.judges.base import ASPECTS, Judge, RatingRequest
+from axjax.dictionary.store import text_array
+from axjax.judges.base import Judge
 from axjax.judges.local_judge import LocalJudge
 from axjax.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
 from axjax.judges.proxy import ProxyJudge
@@ -35,12 +38,11 @@ from axjax.methods.joint_training import memory_budget
 from axjax.methods.sft import check_sft_memory
 from axjax.methods.detection_run import check_run, read_reusable, run_detection, seed_results, training_records
 from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache
-from axjax.steering_eval.generate_rows import generate_rows
 from axjax.steering_eval.instructions import read_instructions
-from axjax.steering_eval import row_steerers
+from axjax.steering_eval import evaluations, row_steerers, rules, suppression
 from axjax.steering_eval.protocol import PROFILES, SAE_METHODS, SteeringProtocol, profile
 from axjax.steering_eval.report import write_report
-from axjax.steering_eval.rows import row_vectors, steering_rows
+from axjax.steering_eval.rows import steering_rows
 from experiments import cli, sae_flags, scale_flags
 
 _PROFILE = flags.DEFINE_enum("profile", "quick", sorted(PROFILES),
@@ -93,6 +95,10 @@ _PROMPT_WRITER = flags.DEFINE_string(
     "prompt_writer", None, "Who writes PromptSteering's steering prompts: 'judge' (the --judge's LLM: an "
     "OpenAI-compatible endpoint or the local model), a local -it checkpoint folder or .gguf, or 'fallback' (AxBench's "
     "fixed template, labelled as such). Default: the profile's (quick: fallback; paper: judge).")
+_EVALS = flags.DEFINE_list(
+    "evals", ["steer"], "Evaluations: steer (AxBench's), suppress (RePS: instructions asking for the concept, negative "
+    "factors), rules (suppress on rule concepts, scored by code), attacks (the chosen suppression factor under prompt "
+    "overrides and many-shot turns; needs suppress or rules). Each writes its own folder and report.")
 _DEAD_REMEDY = flags.DEFINE_enum(
     "dead_latent_remedy", "none", list(DEAD_LATENT_REMEDIES),
     "ReFT-r1/SSV concepts whose ReLU latent never fired in the last training epoch: 'none' keeps them (AxBench); "
@@ -149,11 +155,12 @@ def main(argv):
                      "feature: steer it with addition or clamping, or use only SAE methods")
   max_concepts = _MAX_CONCEPTS.value if _MAX_CONCEPTS.value is not None else prof.max_concepts
   data = read_axbench(_DATA.value, max_concepts=max_concepts)  # all input checked before any model work
+  evals = check_evals(_EVALS.value, [c.name for c in data.concepts])
   instructions = read_instructions(_INSTRUCTIONS.value)
   perplexity_of: dict[tuple[str, str], float] = {}
   judge = make_judge(perplexity_of)
   judge.check()
-  writer_flag = prompt_writer_flag(prof, methods, judge)
+  writer_flag = prompt_writer_flag(prof, methods, judge, evals)
   output = _OUTPUT.value or os.path.join(
       "checkpoints", f"steer-{_PROFILE.value}-{_DATA.value.replace('/', '-')}-l{_LAYER.value}")
   model = axjax.load(_MODEL.value, _DTYPE.value)
@@ -180,7 +187,7 @@ def main(argv):
               "judge": judge.name, "sae": sae and sae.source,
               "sae_features": sae_features and {str(c): f for c, f in sae_features.items()},
               "sae_max_acts": sae_max_acts and {str(f): v for f, v in sae_max_acts.items()},
-              "prompt_writer": writer_flag if "PromptSteering" in methods else None}
+              "prompt_writer": writer_flag}
   reusable = {} if not _DICTIONARIES.value else read_reusable(
       _DICTIONARIES.value, methods, hidden_size=model.config.hidden_size, layer=_LAYER.value, model_name=model.name)
   check_run(output, settings)
@@ -201,43 +208,132 @@ def main(argv):
   if "SFT" in steered:  # AxBench fine-tunes its first 20 concepts only
     first = [c.concept_id for c in data.concepts][:hparams["SFT"]["max_concepts"]]
     rows = rows[(rows["method"] != "SFT") | rows["concept_id"].isin(first)].reset_index(drop=True)
-  atomic_files.write_parquet(os.path.join(output, "steering", "rows.parquet"), rows)
   dictionaries = sae_flags.steering_dictionaries(dictionaries, sae_max_acts)
   steerers = row_steerers.steerers(model, data, dictionaries, protocol, _SEED.value, os.path.join(output, "training"),
                                    cli.say, _MAX_EXAMPLES.value, _LAYER.value)
-  vectors, strengths = row_vectors(rows, dictionaries, skip=steerers)
-  generations = generate_rows(model, rows, vectors, strengths, layer=_LAYER.value, protocol=protocol,
-                              seed=_SEED.value, batch_size=_BATCH.value,
-                              shard_dir=os.path.join(output, "steering", "generations"),
-                              progress=lambda done, total: progress("steered generation", done, total),
-                              mesh=mesh, params=placed, steerers=steerers)
-  atomic_files.write_parquet(os.path.join(output, "steering", "generations.parquet"), generations)
-  if not processes.leave_to_writer():
-    return  # judging and the report are host work: process 0 does them alone
-  table = rows.merge(generations, on="row_id", validate="one_to_one")
-  perplexity_of.update(zip(zip(table["instruction"], table["generation"]), table["perplexity"]))
+  run = functools.partial(evaluations.generate_and_rate, model, dictionaries=dictionaries, judge=judge,
+                          perplexity_of=perplexity_of, progress=progress, layer=_LAYER.value, protocol=protocol,
+                          seed=_SEED.value, batch_size=_BATCH.value, mesh=mesh, params=placed)
+  report = functools.partial(write_report, judge_name=judge.name, judge_is_proxy=judge.is_proxy, baseline=baseline,
+                             settings=settings, methods=methods)
+  sections = []
+  if "steer" in evals:
+    table = run(rows, steerers=steerers, folder=output)
+    if table is None:
+      return  # judging and the report are host work: process 0 does them alone
+    results = report(output, table, judge_usage=judge.usage(), detection=reports or None,
+                     training=training_records(output, methods),
+                     described=descriptions.describe_dictionaries(model, dictionaries))
+    cli.say(_summary_lines(results, output))
+  suppressing = [e for e in ("suppress", "rules") if e in evals]
+  if suppressing:
+    prompt_steerers = lambda dicts: row_steerers.steerers(model, data, dicts, protocol, _SEED.value, output)
+    sections = suppression_evals(suppressing[0], "attacks" in evals, rows, data, dictionaries, steerers,
+                                 prompt_steerers, writer, run, report, judge, output)
+  if sections:
+    main_report = os.path.join(output, "report.md")
+    before = open(main_report).read() if os.path.exists(main_report) else "# axjax steering report\n"
+    atomic_files.write_text(main_report, before.split(_OTHER_EVALS)[0] + _OTHER_EVALS + "\n".join(sections))
 
-  ratings = judge.rate([RatingRequest(c, i, g) for c, i, g in zip(table["concept"], table["instruction"],
-                                                                    table["generation"])],
-                       progress=lambda done, total: progress(f"judge ({judge.name})", done, total))
-  for column, aspect in enumerate(ASPECTS):
-    table[f"{aspect}_rating"] = ratings[:, column].astype(np.int64)
-  atomic_files.write_parquet(os.path.join(output, "steering", "ratings.parquet"),
-                             table[["row_id"] + [f"{a}_rating" for a in ASPECTS]].assign(judge=judge.name))
-  results = write_report(output, table, judge_name=judge.name, judge_is_proxy=judge.is_proxy,
-                         judge_usage=judge.usage(), baseline=baseline, detection=reports or None, settings=settings,
-                         training=training_records(output, methods), methods=methods,
-                         described=descriptions.describe_dictionaries(model, dictionaries))
-  cli.say(_summary_lines(results, output))
+
+_OTHER_EVALS = "\n## Suppression and attacks (RePS)\n"
 
 
-def prompt_writer_flag(prof, methods: list[str], judge: Judge) -> str | None:
-  """--prompt_writer or the profile's, checked before any model work; None without PromptSteering."""
-  if "PromptSteering" not in methods:
+def check_evals(names: list[str], concepts: list[str]) -> list[str]:
+  """The --evals, checked before any model work."""
+  if unknown := [e for e in names if e not in evaluations.EVALS]:
+    raise AxjaxError(f"unknown evaluation {unknown[0]!r}: choose from {', '.join(evaluations.EVALS)}")
+  if "attacks" in names and not {"suppress", "rules"} & set(names):
+    raise AxjaxError("--evals=attacks reuses the factors the suppression chooses: add suppress (or rules)")
+  if {"suppress", "rules"} <= set(names):
+    raise AxjaxError("--evals takes suppress (judged concepts) or rules (rule concepts scored by code), not both")
+  if "rules" in names:
+    rules.check_rules(concepts)
+  return list(dict.fromkeys(names))
+
+
+def suppression_evals(kind: str, attacks: bool, rows, data, dictionaries, steerers, prompt_steerers, writer, run,
+                      report, judge, output: str) -> list[str]:
+  """RePS's suppression (or rule suppression) evaluation, then, with `attacks`, each prompt attack at the chosen
+  factors: one folder and report each under output/; returns the markdown lines summarising them."""
+  factored = [m for m in rows["method"].unique() if registry.method(m).uses_factor or m == "PromptSteering"]
+  if skipped := sorted(set(rows["method"]) - set(factored)):
+    cli.say(f"{kind}: {', '.join(skipped)} steer without a factor and cannot suppress; left out")
+  rows = rows[rows["method"].isin(factored)].reset_index(drop=True)
+  folder = os.path.join(output, "suppression" if kind == "suppress" else "rules")
+  texts = suppression_texts(rows, data, writer, os.path.join(folder, "texts.json"))
+  blended = {(int(c), i): t for c, i, t in texts["blended"]}
+  supp_rows = suppression.suppression_rows(rows, blended)
+  supp_dicts = dict(dictionaries)
+  if "PromptSteering" in supp_dicts:  # the prompting baseline is told to avoid the concept
+    avoid = {int(c): t for c, t in texts["avoid"]}
+    prompt = supp_dicts["PromptSteering"]
+    supp_dicts["PromptSteering"] = prompt.replace(extras={**prompt.extras, "prompt": text_array(
+        [avoid[c] for c in prompt.concept_ids])})
+  supp_steerers = {**steerers, **prompt_steerers({k: v for k, v in supp_dicts.items() if k == "PromptSteering"})}
+  score = lambda table: evaluations.suppression_scored(table, rules=kind == "rules")
+  table = run(supp_rows, dictionaries=supp_dicts, steerers=supp_steerers, folder=folder)
+  if table is None:
+    return []
+  label = f" (texts: {', '.join(sorted(set(texts['sources'])))})"
+  results = report(folder, score(table), judge_usage=judge.usage(), detection=None,
+                   settings={**report.keywords["settings"], "evaluation": kind, "texts": texts["sources"]})
+  lines = [f"{kind} ({judge.name} judge{label}): [{folder}/report.md]",
+           *[f"- {r['method']}: {r['score']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" for r in results["summary"]]]
+  if not attacks:
+    return lines
+  chosen = pd.DataFrame(results["selection"])
+  shots = {c.concept_id: _positive_pairs(data, c.concept_id)[:ATTACK_SHOTS] for c in data.concepts}
+  attacked = {}
+  for attack in suppression.ATTACKS:
+    attack_folder = os.path.join(output, "attacks", attack)
+    attack_table = run(suppression.attack_rows(supp_rows, chosen, attack, shots), dictionaries=supp_dicts,
+                       steerers=supp_steerers, folder=attack_folder)
+    attacked[attack] = report(attack_folder, score(attack_table), judge_usage=judge.usage(), detection=None)
+  drops = evaluations.attack_drops(results, attacked)
+  atomic_files.write_parquet(os.path.join(output, "attacks", "drops.parquet"), drops)
+  lines += ["", "Score drop under attack (suppression score at the chosen factor minus the attacked one):", "",
+            "| method | attack | suppression | attacked | drop |", "|---|---|---|---|---|",
+            *[f"| {r.method} | {r.attack} | {r.suppression:.3f} | {r.attacked:.3f} | {r.drop:.3f} |"
+              for r in drops.itertuples()]]
+  return lines
+
+
+ATTACK_SHOTS = 4  # many-shot turns per concept offline (its first training positives)
+
+
+def _positive_pairs(data, concept_id: int) -> list[tuple[str, str]]:
+  """(instruction, concept response) of a concept's training positives: examples of answers using it."""
+  rows, labels = data.training_row_ids(concept_id)
+  frame = data.train.iloc[rows[labels == 1]]
+  return list(zip(frame["input"], frame["output"]))
+
+
+def suppression_texts(rows, data, writer, path: str) -> dict:
+  """The rewritten instructions and avoid prompts of the suppression rows, written by `writer` once (or from the
+  templates) and kept in `path`, so a rerun reuses them."""
+  if os.path.exists(path):
+    return atomic_files.read_json(path)
+  pairs = rows[["concept_id", "concept", "instruction"]].drop_duplicates(["concept_id", "instruction"])
+  blended = suppression.blended_instructions(list(zip(pairs["concept"], pairs["instruction"])), writer)
+  concepts = [(c.concept_id, c.name) for c in data.concepts]
+  avoid = suppression.avoid_prompts([name for _, name in concepts], writer)
+  texts = {"blended": [[int(c), i, t] for c, i, (t, _) in zip(pairs["concept_id"], pairs["instruction"], blended)],
+           "avoid": [[c, t] for (c, _), (t, _) in zip(concepts, avoid)],
+           "sources": sorted({source for _, source in blended + avoid})}
+  atomic_files.write_json(path, texts)
+  return texts
+
+
+def prompt_writer_flag(prof, methods: list[str], judge: Judge, evals: list[str]) -> str | None:
+  """--prompt_writer or the profile's, checked before any model work; None without PromptSteering and without the
+  suppression evaluations (whose rewritten instructions and avoid prompts it writes)."""
+  if "PromptSteering" not in methods and evals == ["steer"]:
     return None
   value = _PROMPT_WRITER.value or prof.prompt_writer
+  who = "PromptSteering" if "PromptSteering" in methods else "The suppression evaluation"
   if value == "judge" and judge.is_proxy:
-    raise AxjaxError("PromptSteering needs an LLM to write its steering prompts and the proxy judge has none: pass "
+    raise AxjaxError(f"{who} needs an LLM to write its steering prompts and the proxy judge has none: pass "
                      "--judge=openai or --judge=local (it writes them), --prompt_writer=<a local -it checkpoint>, "
                      "or --prompt_writer=fallback for AxBench's fixed template")
   if value not in ("judge", "fallback") and not os.path.exists(value):

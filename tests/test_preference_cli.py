@@ -1,6 +1,7 @@
 """RePS and its baselines through `python -m experiments.steer` on a tiny model: the three edits trained with
 RePS, the LM objective and BiPO, saved, and steered at their own factor grids; bad hyperparameters refused."""
 
+import json
 import os
 import subprocess
 import sys
@@ -69,4 +70,86 @@ def test_bad_preference_hyperparameters_are_refused_in_one_sentence(tiny_with_to
   result = steer(tiny_with_tokenizer, out, tmp_path / "cache", *flags, timeout=300)
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-1000:]
+  assert not out.exists()
+
+
+def test_suppression_and_attacks_run_end_to_end(tiny_with_tokenizer, tmp_path):
+  out = tmp_path / "suppress"
+  methods = ["SV-RePS", "LoRA-RePS", "DiffMean", "PromptSteering", "LoReFT"]
+  result = steer(tiny_with_tokenizer, out, tmp_path / "cache", f"--methods={','.join(methods)}", "--factors=0.5",
+                 "--evals=steer,suppress,attacks",
+                 "--hparams=SV-RePS.n_epochs=1,SV-RePS.response_tokens=6,SV-RePS.steering_factors=2+4,"
+                 "LoRA-RePS.n_epochs=1,LoRA-RePS.response_tokens=6,LoRA-RePS.steering_factors=1,LoReFT.n_epochs=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "suppress: LoReFT steer without a factor and cannot suppress; left out" in result.stderr + result.stdout
+  rows = pd.read_parquet(out / "suppression" / "steering" / "rows.parquet")
+  assert set(rows["method"]) == {"SV-RePS", "LoRA-RePS", "DiffMean", "PromptSteering"}
+  factored = rows[rows["method"] != "PromptSteering"]
+  assert (factored["factor"] < 0).all() and rows[rows["method"] == "PromptSteering"]["factor"].isna().all()
+  assert (rows["instruction"] != rows["original_instruction"]).all()  # rewritten to ask for the concept
+  texts = json.load(open(out / "suppression" / "texts.json"))
+  assert texts["sources"] == ["template"]
+  results = json.load(open(out / "suppression" / "results.json"))
+  assert {r["method"] for r in results["summary"]} == set(rows["method"])
+  ratings = pd.read_parquet(out / "suppression" / "steering" / "ratings.parquet")
+  assert len(ratings) == len(rows)
+  for attack in ("override_append", "override_prepend", "many_shot"):
+    attacked = pd.read_parquet(out / "attacks" / attack / "steering" / "rows.parquet")
+    chosen = {(r["method"], r["concept_id"]): r["factor"] for r in results["selection"]}
+    for r in attacked.itertuples():  # every row at its concept's chosen suppression factor
+      assert r.factor == chosen[(r.method, r.concept_id)] or (np.isnan(r.factor) and r.method == "PromptSteering")
+    assert attacked.groupby(["method", "concept_id"]).size().eq(2).all()  # one factor, both instructions
+  assert attacked["instruction"].str.startswith("Question: ").all()  # the many-shot turns come first
+  drops = pd.read_parquet(out / "attacks" / "drops.parquet")
+  assert len(drops) == 3 * 4 and np.allclose(drops["drop"], drops["suppression"] - drops["attacked"])
+  report = (out / "report.md").read_text()
+  assert "## Suppression and attacks (RePS)" in report and "| SV-RePS | many_shot |" in report
+
+
+RULE_DATA = {0: ("use only capital letters", str.upper),
+             1: ("include a postscript at the end of your response that starts with P.S.",
+                 lambda text: text + "\n\nP.S. Thank you for reading.")}
+
+
+@pytest.fixture
+def rule_data(tmp_path):
+  """Concept10's first two concepts renamed to two rules, their positives rewritten to follow them."""
+  source = os.path.join(REPO, "axjax", "data", "axbench", "concept10", "prod_2b_l20_v1")
+  folder = tmp_path / "rules_data"
+  (folder / "generate").mkdir(parents=True)
+  train = pd.read_parquet(os.path.join(source, "generate", "train_data.parquet"))
+  train = train[train["concept_id"] <= 1].copy()
+  for cid, (rule, follow) in RULE_DATA.items():
+    mine = train["concept_id"] == cid
+    train.loc[mine, "output_concept"] = rule
+    train.loc[mine, "output"] = train.loc[mine, "output"].map(follow)
+  train.to_parquet(folder / "generate" / "train_data.parquet")
+  lines = [json.loads(line) for line in open(os.path.join(source, "generate", "metadata.jsonl"))][:2]
+  for line in lines:
+    rule = RULE_DATA[line["concept_id"]][0]
+    line.update(concept=rule, concept_genres_map={rule: ["text"]})
+  (folder / "generate" / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+  return folder
+
+
+def test_rule_suppression_is_scored_by_code(tiny_with_tokenizer, tmp_path, rule_data):
+  out = tmp_path / "rules"
+  result = steer(tiny_with_tokenizer, out, tmp_path / "cache", f"--data={rule_data}", "--methods=SV-RePS",
+                 "--evals=rules", "--hparams=SV-RePS.n_epochs=1,SV-RePS.response_tokens=6,SV-RePS.steering_factors=2+4")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert not (out / "steering").exists()  # steer was not asked for
+  rows = pd.read_parquet(out / "rules" / "steering" / "rows.parquet")
+  assert set(rows["factor"]) == {-2.0, -4.0} and set(rows["concept"]) == {r for r, _ in RULE_DATA.values()}
+  results = json.load(open(out / "rules" / "results.json"))
+  assert results["settings"]["evaluation"] == "rules" and results["summary"][0]["method"] == "SV-RePS"
+  assert "## Suppression and attacks (RePS)" in (out / "report.md").read_text()
+
+
+def test_rules_evaluation_refuses_concepts_that_are_not_rules(tiny_with_tokenizer, tmp_path):
+  out = tmp_path / "refused"
+  result = steer(tiny_with_tokenizer, out, tmp_path / "cache", "--methods=SV-RePS", "--evals=rules", timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: the rules evaluation needs rule concepts and 'references to rental services and associated equipment' "
+      "is not one of the 20 rules")
   assert not out.exists()

@@ -61,6 +61,8 @@ def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedMode
   max activation: the concept's largest example score on its eval rows (what AxBench scales steering by);
   threshold: the Youden-J point of its ROC curve, mapped back from AxBench's min-max scale to raw scores.
   """
+  if not dictionaries:
+    return {}  # nothing detects: a folder without latent-eval data is fine
   ex = latent_eval_examples(data, model.tokenizer)
   out = {}
   for name, dictionary in dictionaries.items():

@@ -9,6 +9,7 @@ import pandas as pd
 
 from axjax.dictionary import Dictionary
 from axjax.errors import AxjaxError
+from axjax.methods import registry
 from axjax.steering_eval.instructions import draw_instructions
 from axjax.steering_eval.protocol import SteeringProtocol
 
@@ -67,6 +68,12 @@ def row_vectors(rows: pd.DataFrame, dictionaries: Mapping[str, Dictionary], skip
 
 
 def row_strengths(rows: pd.DataFrame, dictionary: Dictionary) -> np.ndarray:
-  """[N] float32: each row's factor * its concept's `steering_magnitude` in `dictionary` (AxBench's strength)."""
+  """[N] float32: each row's factor * its concept's `steering_magnitude` in `dictionary` (AxBench's strength).
+
+  A RePS vector steers with its factor alone (upstream's max_act is 1) and suppresses (factor < 0) with
+  factor - b, its trained bias b (upstream's AdditionSuppressionIntervention)."""
   index = dictionary.rows_of(rows["concept_id"])
-  return rows["factor"].to_numpy(np.float32) * steering_magnitude(dictionary.max_activations[index])
+  factor = rows["factor"].to_numpy(np.float32)
+  if registry.method(dictionary.method).kind == "preference":
+    return np.where(factor < 0, factor - dictionary.biases[index], factor).astype(np.float32)
+  return factor * steering_magnitude(dictionary.max_activations[index])
