@@ -1,8 +1,10 @@
 """RePS and its baselines through `python -m experiments.steer` on a tiny model: the three edits trained with
-RePS, the LM objective and BiPO, saved, and steered at their own factor grids; bad hyperparameters refused."""
+RePS, the LM objective and BiPO, saved, steered at their own factor grids, then suppressing and attacked
+(`--evals`); rule suppression scored by code; bad hyperparameters refused."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,6 +13,10 @@ import pandas as pd
 import pytest
 
 import axjax
+from axjax.errors import AxjaxError
+from axjax.methods.preference_methods import training_hyperparameters
+from axjax.methods.registry import hyperparameters, method
+from axjax.model.config import PRESETS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["SV-RePS", "LoReFT-RePS", "LoRA-RePS", "SV-Lang", "LoRA-BiPO"]
@@ -25,12 +31,16 @@ def steer(tiny, out, cache, *flags, timeout=900):
                         timeout=timeout, env={**os.environ, "AXJAX_CACHE": str(cache)})
 
 
-def test_every_edit_and_objective_trains_and_steers_at_its_grid(tiny_with_tokenizer, tmp_path):
+def test_every_edit_and_objective_trains_steers_suppresses_and_is_attacked(tiny_with_tokenizer, tmp_path):
+  """The three edits with RePS, the LM objective and BiPO, beside DiffMean, PromptSteering and AxBench's LoReFT,
+  through --evals=steer,suppress,attacks in one run."""
   hparams = [f"{m}.{k}={v}" for m in METHODS for k, v in
              [("n_epochs", 1), ("response_tokens", 6), ("steering_factors", "+".join(f"{f:g}" for f in GRIDS[m]))]]
   out = tmp_path / "steer"
-  result = steer(tiny_with_tokenizer, out, tmp_path / "cache", f"--methods={','.join(METHODS)}",
-                 "--hparams=" + ",".join(hparams + ["LoReFT-RePS.layers=1+3"]))
+  methods = METHODS + ["DiffMean", "PromptSteering", "LoReFT"]
+  result = steer(tiny_with_tokenizer, out, tmp_path / "cache", f"--methods={','.join(methods)}", "--factors=0.5",
+                 "--evals=steer,suppress,attacks",
+                 "--hparams=" + ",".join(hparams + ["LoReFT-RePS.layers=1+3", "LoReFT.n_epochs=1"]))
   assert result.returncode == 0, result.stderr[-3000:]
   rows = pd.read_parquet(out / "steering" / "rows.parquet")
   for name, grid in GRIDS.items():
@@ -57,53 +67,50 @@ def test_every_edit_and_objective_trains_and_steers_at_its_grid(tiny_with_tokeni
   report = (out / "report.md").read_text()
   assert all(f"| {name} |" in report for name in METHODS)
 
-
-@pytest.mark.parametrize("flags, message", [
-    (["--methods=LoReFT-RePS", "--hparams=LoReFT-RePS.subtraction=null_out"],
-     "error: LoReFT-RePS.subtraction=null_out nulls a steering vector out"),
-    (["--methods=SV-RePS", "--hparams=SV-RePS.steering_factors=2+x"],
-     "error: SV-RePS.steering_factors must be numbers joined by '+'"),
-    (["--methods=LoRA-RePS", "--hparams=LoRA-RePS.loss_type=ipo"], "error: LoRA-RePS.loss_type must be one of"),
-])
-def test_bad_preference_hyperparameters_are_refused_in_one_sentence(tiny_with_tokenizer, tmp_path, flags, message):
-  out = tmp_path / "refused"
-  result = steer(tiny_with_tokenizer, out, tmp_path / "cache", *flags, timeout=300)
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-1000:]
-  assert not out.exists()
-
-
-def test_suppression_and_attacks_run_end_to_end(tiny_with_tokenizer, tmp_path):
-  out = tmp_path / "suppress"
-  methods = ["SV-RePS", "LoRA-RePS", "DiffMean", "PromptSteering", "LoReFT"]
-  result = steer(tiny_with_tokenizer, out, tmp_path / "cache", f"--methods={','.join(methods)}", "--factors=0.5",
-                 "--evals=steer,suppress,attacks",
-                 "--hparams=SV-RePS.n_epochs=1,SV-RePS.response_tokens=6,SV-RePS.steering_factors=2+4,"
-                 "LoRA-RePS.n_epochs=1,LoRA-RePS.response_tokens=6,LoRA-RePS.steering_factors=1,LoReFT.n_epochs=1")
-  assert result.returncode == 0, result.stderr[-3000:]
+  # Suppression: the factor methods and the prompting baseline; AxBench's LoReFT has no factor to negate.
   assert "suppress: LoReFT steer without a factor and cannot suppress; left out" in result.stderr + result.stdout
   rows = pd.read_parquet(out / "suppression" / "steering" / "rows.parquet")
-  assert set(rows["method"]) == {"SV-RePS", "LoRA-RePS", "DiffMean", "PromptSteering"}
+  assert set(rows["method"]) == set(methods) - {"LoReFT"}
   factored = rows[rows["method"] != "PromptSteering"]
   assert (factored["factor"] < 0).all() and rows[rows["method"] == "PromptSteering"]["factor"].isna().all()
   assert (rows["instruction"] != rows["original_instruction"]).all()  # rewritten to ask for the concept
-  texts = json.load(open(out / "suppression" / "texts.json"))
-  assert texts["sources"] == ["template"]
+  assert json.load(open(out / "suppression" / "texts.json"))["sources"] == ["template"]
   results = json.load(open(out / "suppression" / "results.json"))
   assert {r["method"] for r in results["summary"]} == set(rows["method"])
-  ratings = pd.read_parquet(out / "suppression" / "steering" / "ratings.parquet")
-  assert len(ratings) == len(rows)
+  assert len(pd.read_parquet(out / "suppression" / "steering" / "ratings.parquet")) == len(rows)
+  chosen = {(r["method"], r["concept_id"]): r["factor"] for r in results["selection"]}
   for attack in ("override_append", "override_prepend", "many_shot"):
     attacked = pd.read_parquet(out / "attacks" / attack / "steering" / "rows.parquet")
-    chosen = {(r["method"], r["concept_id"]): r["factor"] for r in results["selection"]}
     for r in attacked.itertuples():  # every row at its concept's chosen suppression factor
       assert r.factor == chosen[(r.method, r.concept_id)] or (np.isnan(r.factor) and r.method == "PromptSteering")
     assert attacked.groupby(["method", "concept_id"]).size().eq(2).all()  # one factor, both instructions
   assert attacked["instruction"].str.startswith("Question: ").all()  # the many-shot turns come first
   drops = pd.read_parquet(out / "attacks" / "drops.parquet")
-  assert len(drops) == 3 * 4 and np.allclose(drops["drop"], drops["suppression"] - drops["attacked"])
+  assert len(drops) == 3 * 7 and np.allclose(drops["drop"], drops["suppression"] - drops["attacked"])
   report = (out / "report.md").read_text()
   assert "## Suppression and attacks (RePS)" in report and "| SV-RePS | many_shot |" in report
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"subtraction": "null_out"}, "LoReFT-RePS.subtraction=null_out nulls a steering vector out"),
+    ({"factors": "2+x"}, "LoReFT-RePS.factors must be numbers joined by '+'"),
+    ({"factors": "2+2"}, "LoReFT-RePS.factors repeats a factor"),
+    ({"loss_type": "ipo"}, "LoReFT-RePS.loss_type must be one of"),
+    ({"n_epochs": "0"}, "LoReFT-RePS batch_size, gradient_accumulation_steps, n_epochs and response_tokens must"),
+])
+def test_bad_preference_hyperparameters_are_refused_in_one_sentence(overrides, message):
+  with pytest.raises(AxjaxError, match=re.escape(message)):
+    training_hyperparameters("LoReFT-RePS", hyperparameters(method("LoReFT-RePS"), PRESETS["gemma-3-270m"], overrides))
+
+
+def test_a_bad_grid_is_refused_before_any_model_work(tiny_with_tokenizer, tmp_path):
+  out = tmp_path / "refused"
+  result = steer(tiny_with_tokenizer, out, tmp_path / "cache", "--methods=SV-RePS",
+                 "--hparams=SV-RePS.steering_factors=2+x", timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: SV-RePS.steering_factors must be numbers joined by '+'"), result.stderr[-1000:]
+  assert not out.exists()
 
 
 RULE_DATA = {0: ("use only capital letters", str.upper),
