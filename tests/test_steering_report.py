@@ -76,10 +76,11 @@ def strict_json(path):
 
 def test_files_exist_and_results_round_trip(full):
   folder, returned, _ = full
-  assert sorted(path.name for path in folder.iterdir()) == ["detection_roc.png", "report.md", "results.json",
-                                                              "steering_factors.png"]
+  assert sorted(path.name for path in folder.iterdir()) == ["detection_roc.png", "method_scores.png", "report.md",
+                                                              "results.json", "steering_factors.png"]
   assert strict_json(folder / "results.json") == returned
-  assert returned["files"] == ["results.json", "report.md", "steering_factors.png", "detection_roc.png"]
+  assert returned["files"] == ["results.json", "report.md", "method_scores.png", "steering_factors.png",
+                               "detection_roc.png"]
   assert returned["judge"] == {"name": "proxy:wordllama-ppl-v1", "is_proxy": True,
                                "usage": {"calls": 12, "cached": 3}}
   assert returned["settings"] == {"model": "gemma-3-270m", "layers": [6], "seed": 42}
@@ -148,18 +149,18 @@ def test_proxy_warning_only_for_proxy_judges(full, tmp_path):
 
 
 def test_pngs_are_valid_and_non_trivial(full):
-  for name in ("steering_factors.png", "detection_roc.png"):
+  for name, least in (("steering_factors.png", 20_000), ("detection_roc.png", 20_000), ("method_scores.png", 10_000)):
     data = (full[0] / name).read_bytes()
     assert data[:8] == PNG_MAGIC
-    assert len(data) > 20_000
+    assert len(data) > least
 
 
 def test_without_baseline_detection_or_factors(tmp_path):
   results = write(tmp_path, rated_table({"Prompt": (math.nan,), "LoRA": (math.nan,)}), baseline=None)
-  assert sorted(path.name for path in tmp_path.iterdir()) == ["report.md", "results.json"]
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["method_scores.png", "report.md", "results.json"]
   assert results["winrates"] is None and results["detection"] is None and results["baseline"] is None
   text = (tmp_path / "report.md").read_text()
-  assert "Winrate" not in text and "AUROC" not in text and ".png" not in text
+  assert "Winrate" not in text and "AUROC" not in text and "steering_factors.png" not in text
   assert all(row["factor"] is None for row in results["selection"])
 
 

@@ -23,7 +23,7 @@ from axjax.steering_eval import scores
 
 N_BOOT, SEED = 1000, 0  # AxBench-style bootstrap over concepts, fixed so reruns give the same CIs
 RESULTS, REPORT, FACTOR_PLOT, ROC_PLOT = "results.json", "report.md", "steering_factors.png", "detection_roc.png"
-TRAINING_PLOT = "training_loss.png"
+TRAINING_PLOT, SCORE_PLOT = "training_loss.png", "method_scores.png"
 PROXY_WARNING = ("**Offline proxy judge: these scores come from an offline proxy judge that only approximates "
                  "AxBench's rubric; they are not comparable to the paper's GPT-4o-mini judge or its numbers.**")
 PANELS = (("score", "Overall (harmonic mean)"), ("concept_rating", "Concept"),
@@ -49,8 +49,8 @@ def write_report(output_dir: str, df: pd.DataFrame, *, judge_name: str, judge_is
   wins = None if baseline is None else scores.winrates(heldout, baseline)
   mean_curves = scores.mean_factor_curves(curves)
   aurocs = None if detection is None else _detection_aurocs(detection)
-  plots = [name for name, drawn in ((FACTOR_PLOT, mean_curves["factor"].notna().any()), (ROC_PLOT, aurocs is not None),
-                                    (TRAINING_PLOT, bool(training))) if drawn]
+  plots = [name for name, drawn in ((SCORE_PLOT, True), (FACTOR_PLOT, mean_curves["factor"].notna().any()),
+                                    (ROC_PLOT, aurocs is not None), (TRAINING_PLOT, bool(training))) if drawn]
   results = {
       "judge": {"name": judge_name, "is_proxy": bool(judge_is_proxy), "usage": _plain(judge_usage, "judge_usage")},
       "settings": _plain(settings, "settings"),
@@ -67,6 +67,7 @@ def write_report(output_dir: str, df: pd.DataFrame, *, judge_name: str, judge_is
   }
   if described:
     descriptions.write_descriptions(output_dir, described)
+  atomic_files.write_bytes(os.path.join(output_dir, SCORE_PLOT), _score_bars(summary, judge_is_proxy))
   if FACTOR_PLOT in plots:
     atomic_files.write_bytes(os.path.join(output_dir, FACTOR_PLOT),
                              _factor_plot(mean_curves, summary, baseline, judge_is_proxy))
@@ -194,6 +195,20 @@ def _factor_plot(mean_curves: pd.DataFrame, summary: pd.DataFrame, baseline: str
     axes[row, 0].set_ylabel(method, fontsize=9)
   axes[0, 0].legend(fontsize=7)
   figure.suptitle("Steering score vs factor, mean over concepts" + (" (offline proxy judge)" if proxy else ""))
+  return _png(figure)
+
+
+def _score_bars(summary: pd.DataFrame, proxy: bool) -> bytes:
+  """Each method's mean held-out score over concepts with its bootstrap 95% CI, best first."""
+  figure = _figure(max(4.0, 0.6 * len(summary) + 1.5), 3.2)
+  ax = figure.subplots()
+  low, high = summary["score"] - summary["ci_low"], summary["ci_high"] - summary["score"]
+  ax.bar(summary["method"], summary["score"], yerr=[low.clip(lower=0), high.clip(lower=0)], capsize=3,
+         color="tab:blue")
+  ax.set_ylim(0, 2.05)
+  ax.set_ylabel("held-out score (0-2)", fontsize=8)
+  ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+  ax.set_title("Score per method, 95% CI over concepts" + (" (offline proxy judge)" if proxy else ""), fontsize=9)
   return _png(figure)
 
 
