@@ -19,14 +19,12 @@ import os
 
 from absl import flags
 import numpy as np
-import pandas as pd
 
 import axjax
 from axjax import atomic_files
 from axjax.data.axbench_format import read_axbench
 from axjax.evaluation import descriptions
 from axjax.errors import AxjaxError
-from axjax.dictionary.store import text_array
 from axjax.judges.base import Judge
 from axjax.judges.local_judge import LocalJudge
 from axjax.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
@@ -39,11 +37,11 @@ from axjax.methods.sft import check_sft_memory
 from axjax.methods.detection_run import check_run, read_reusable, run_detection, seed_results, training_records
 from axjax.methods.fit import DEAD_LATENT_REMEDIES, ActivationCache
 from axjax.steering_eval.instructions import read_instructions
-from axjax.steering_eval import evaluations, row_steerers, rules, suppression
+from axjax.steering_eval import evaluations, row_steerers
 from axjax.steering_eval.protocol import PROFILES, SAE_METHODS, SteeringProtocol, profile
 from axjax.steering_eval.report import write_report
 from axjax.steering_eval.rows import steering_rows
-from experiments import cli, sae_flags, scale_flags
+from experiments import cli, sae_flags, scale_flags, suppression_run
 
 _PROFILE = flags.DEFINE_enum("profile", "quick", sorted(PROFILES),
                              "quick: 3 concepts, 2 methods, 5 factors, 4 instructions, 128 tokens (CPU minutes); "
@@ -155,7 +153,7 @@ def main(argv):
                      "feature: steer it with addition or clamping, or use only SAE methods")
   max_concepts = _MAX_CONCEPTS.value if _MAX_CONCEPTS.value is not None else prof.max_concepts
   data = read_axbench(_DATA.value, max_concepts=max_concepts)  # all input checked before any model work
-  evals = check_evals(_EVALS.value, [c.name for c in data.concepts])
+  evals = suppression_run.check_evals(_EVALS.value, [c.name for c in data.concepts])
   instructions = read_instructions(_INSTRUCTIONS.value)
   perplexity_of: dict[tuple[str, str], float] = {}
   judge = make_judge(perplexity_of)
@@ -228,101 +226,13 @@ def main(argv):
   suppressing = [e for e in ("suppress", "rules") if e in evals]
   if suppressing:
     prompt_steerers = lambda dicts: row_steerers.steerers(model, data, dicts, protocol, _SEED.value, output)
-    sections = suppression_evals(suppressing[0], "attacks" in evals, rows, data, dictionaries, steerers,
-                                 prompt_steerers, writer, run, report, judge, output)
+    sections = suppression_run.suppression_evals(suppressing[0], "attacks" in evals, rows, data, dictionaries,
+                                                 steerers, prompt_steerers, writer, run, report, judge, output)
   if sections:
     main_report = os.path.join(output, "report.md")
     before = open(main_report).read() if os.path.exists(main_report) else "# axjax steering report\n"
-    atomic_files.write_text(main_report, before.split(_OTHER_EVALS)[0] + _OTHER_EVALS + "\n".join(sections))
-
-
-_OTHER_EVALS = "\n## Suppression and attacks (RePS)\n"
-
-
-def check_evals(names: list[str], concepts: list[str]) -> list[str]:
-  """The --evals, checked before any model work."""
-  if unknown := [e for e in names if e not in evaluations.EVALS]:
-    raise AxjaxError(f"unknown evaluation {unknown[0]!r}: choose from {', '.join(evaluations.EVALS)}")
-  if "attacks" in names and not {"suppress", "rules"} & set(names):
-    raise AxjaxError("--evals=attacks reuses the factors the suppression chooses: add suppress (or rules)")
-  if {"suppress", "rules"} <= set(names):
-    raise AxjaxError("--evals takes suppress (judged concepts) or rules (rule concepts scored by code), not both")
-  if "rules" in names:
-    rules.check_rules(concepts)
-  return list(dict.fromkeys(names))
-
-
-def suppression_evals(kind: str, attacks: bool, rows, data, dictionaries, steerers, prompt_steerers, writer, run,
-                      report, judge, output: str) -> list[str]:
-  """RePS's suppression (or rule suppression) evaluation, then, with `attacks`, each prompt attack at the chosen
-  factors: one folder and report each under output/; returns the markdown lines summarising them."""
-  factored = [m for m in rows["method"].unique() if registry.method(m).uses_factor or m == "PromptSteering"]
-  if skipped := sorted(set(rows["method"]) - set(factored)):
-    cli.say(f"{kind}: {', '.join(skipped)} steer without a factor and cannot suppress; left out")
-  rows = rows[rows["method"].isin(factored)].reset_index(drop=True)
-  folder = os.path.join(output, "suppression" if kind == "suppress" else "rules")
-  texts = suppression_texts(rows, data, writer, os.path.join(folder, "texts.json"))
-  blended = {(int(c), i): t for c, i, t in texts["blended"]}
-  supp_rows = suppression.suppression_rows(rows, blended)
-  supp_dicts = dict(dictionaries)
-  if "PromptSteering" in supp_dicts:  # the prompting baseline is told to avoid the concept
-    avoid = {int(c): t for c, t in texts["avoid"]}
-    prompt = supp_dicts["PromptSteering"]
-    supp_dicts["PromptSteering"] = prompt.replace(extras={**prompt.extras, "prompt": text_array(
-        [avoid[c] for c in prompt.concept_ids])})
-  supp_steerers = {**steerers, **prompt_steerers({k: v for k, v in supp_dicts.items() if k == "PromptSteering"})}
-  score = lambda table: evaluations.suppression_scored(table, rules=kind == "rules")
-  table = run(supp_rows, dictionaries=supp_dicts, steerers=supp_steerers, folder=folder)
-  if table is None:
-    return []
-  label = f" (texts: {', '.join(sorted(set(texts['sources'])))})"
-  results = report(folder, score(table), judge_usage=judge.usage(), detection=None,
-                   settings={**report.keywords["settings"], "evaluation": kind, "texts": texts["sources"]})
-  lines = [f"{kind} ({judge.name} judge{label}): [{folder}/report.md]",
-           *[f"- {r['method']}: {r['score']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" for r in results["summary"]]]
-  if not attacks:
-    return lines
-  chosen = pd.DataFrame(results["selection"])
-  shots = {c.concept_id: _positive_pairs(data, c.concept_id)[:ATTACK_SHOTS] for c in data.concepts}
-  attacked = {}
-  for attack in suppression.ATTACKS:
-    attack_folder = os.path.join(output, "attacks", attack)
-    attack_table = run(suppression.attack_rows(supp_rows, chosen, attack, shots), dictionaries=supp_dicts,
-                       steerers=supp_steerers, folder=attack_folder)
-    attacked[attack] = report(attack_folder, score(attack_table), judge_usage=judge.usage(), detection=None)
-  drops = evaluations.attack_drops(results, attacked)
-  atomic_files.write_parquet(os.path.join(output, "attacks", "drops.parquet"), drops)
-  lines += ["", "Score drop under attack (suppression score at the chosen factor minus the attacked one):", "",
-            "| method | attack | suppression | attacked | drop |", "|---|---|---|---|---|",
-            *[f"| {r.method} | {r.attack} | {r.suppression:.3f} | {r.attacked:.3f} | {r.drop:.3f} |"
-              for r in drops.itertuples()]]
-  return lines
-
-
-ATTACK_SHOTS = 4  # many-shot turns per concept offline (its first training positives)
-
-
-def _positive_pairs(data, concept_id: int) -> list[tuple[str, str]]:
-  """(instruction, concept response) of a concept's training positives: examples of answers using it."""
-  rows, labels = data.training_row_ids(concept_id)
-  frame = data.train.iloc[rows[labels == 1]]
-  return list(zip(frame["input"], frame["output"]))
-
-
-def suppression_texts(rows, data, writer, path: str) -> dict:
-  """The rewritten instructions and avoid prompts of the suppression rows, written by `writer` once (or from the
-  templates) and kept in `path`, so a rerun reuses them."""
-  if os.path.exists(path):
-    return atomic_files.read_json(path)
-  pairs = rows[["concept_id", "concept", "instruction"]].drop_duplicates(["concept_id", "instruction"])
-  blended = suppression.blended_instructions(list(zip(pairs["concept"], pairs["instruction"])), writer)
-  concepts = [(c.concept_id, c.name) for c in data.concepts]
-  avoid = suppression.avoid_prompts([name for _, name in concepts], writer)
-  texts = {"blended": [[int(c), i, t] for c, i, (t, _) in zip(pairs["concept_id"], pairs["instruction"], blended)],
-           "avoid": [[c, t] for (c, _), (t, _) in zip(concepts, avoid)],
-           "sources": sorted({source for _, source in blended + avoid})}
-  atomic_files.write_json(path, texts)
-  return texts
+    heading = suppression_run.HEADING
+    atomic_files.write_text(main_report, before.split(heading)[0] + heading + "\n".join(sections))
 
 
 def prompt_writer_flag(prof, methods: list[str], judge: Judge, evals: list[str]) -> str | None:
