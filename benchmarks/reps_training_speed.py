@@ -4,9 +4,10 @@
   one_at_a_time  axjax: `train_preference` for each concept alone (its own pairs and cached stream).
   torch          a PyTorch reference written the upstream way (axbench/models/preference_model.py), one concept at
                  a time: transformers' Gemma3ForCausalLM of the same weights, the vector edit by a forward hook on
-                 layer L ((alpha + b) v, the null-out for alpha = 0), per pair type one batch of [winners; losers]
-                 run twice (the unedited reference under no_grad, then the edited policy), scaled SimPO with the
-                 code's lengths, the step's loss the mean over its pairs, clipping 1, AdamW, linear decay.
+                 layer L ((alpha + b) v, the null-out for alpha = 0), per pair type batches of [winners; losers]
+                 (`--torch_microbatch` pairs each, gradients accumulated: the whole step's) run twice (the
+                 unedited reference under no_grad, then the edited policy), scaled SimPO with the code's lengths,
+                 the step's loss the mean over its pairs, clipping 1, AdamW, linear decay.
 
 Every way trains the same pairs with the same factors (axjax's step plan, `prepare_preference`) from the same init,
 so the first step's losses must agree; they are printed. Steady rates count the optimizer steps only; axjax's
@@ -116,12 +117,14 @@ class TorchTrainer:
     tokens = torch.tensor(arrays["tokens"][rows, :width], dtype=torch.long)
     self.state.update(on=edited, factor=torch.tensor(factors), where=torch.tensor(arrays["positions"][rows, :width]))
     logits = self.model(input_ids=tokens, attention_mask=torch.tensor(arrays["mask"][rows, :width],
-                                                                      dtype=torch.long)).logits
-    logp = logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+                                                                      dtype=torch.long)).logits[:, :-1]
+    logp = logits.gather(-1, tokens[:, 1:, None])[..., 0] - torch.logsumexp(logits, -1)  # no [B, T, V] copy
     return (logp * torch.tensor(arrays["loss_mask"][rows, 1:width])).sum(-1)
 
-  def train(self, setup, arrays) -> CallTimes:
-    """Every step of one concept's `PreferenceSetup` (its pairs and factors), upstream's way."""
+  def train(self, setup, arrays, micro: int) -> CallTimes:
+    """Every step of one concept's `PreferenceSetup` (its pairs and factors), upstream's way, `micro` pairs per
+    forward: each piece's loss (its pairs' sum over the step's pair count) is backpropagated in turn, so the
+    gradient is the whole step's and the peak memory of the full-vocabulary logits that of a piece."""
     import transformers
 
     torch, hp = self.torch, setup.hyperparameters
@@ -137,9 +140,9 @@ class TorchTrainer:
     for step in setup.batches:
       step_start = time.perf_counter()
       rows, factors, weight = step.rows[0], step.extra["factor"][0], step.weight[0]
-      losses = []
-      for pair in (0, 2):  # orig_add (y_c over y), orig_sub (y over y_c)
-        index = np.flatnonzero(weight[pair::4] > 0) * 4 + pair
+      pairs = [np.flatnonzero(weight[p::4] > 0) * 4 + p for p in (0, 2)]  # orig_add (y_c over y), orig_sub
+      total, loss = sum(map(len, pairs)), 0.0
+      for index in (piece for p in pairs for piece in np.array_split(p, -(-len(p) // micro))):
         both = np.concatenate([index, index + 1])  # [winners; losers], one batch
         with torch.no_grad():
           ref = self.logps(arrays, rows[both], factors[both], edited=False)
@@ -147,15 +150,15 @@ class TorchTrainer:
         n = len(index)
         lw, ll = lengths[rows[index]], lengths[rows[index + 1]]
         scale = torch.clamp(ref[n:] - ref[:n], min=1.0)  # the reference doc's max(ref_l - ref_w, 1)
-        losses.append(-torch.nn.functional.logsigmoid(scale / lw * policy[:n] - policy[n:] / ll))
-      loss = torch.cat(losses).mean()
-      loss.backward()
+        piece = -torch.nn.functional.logsigmoid(scale / lw * policy[:n] - policy[n:] / ll).sum() / total
+        piece.backward()
+        loss += piece.item()
       torch.nn.utils.clip_grad_norm_([v, b], hp["max_grad_norm"])
       optimizer.step()
       scheduler.step()
       optimizer.zero_grad()
       times.steps.append(time.perf_counter() - step_start)
-      times.losses.append([loss.item()])
+      times.losses.append([loss])
     times.wall = time.perf_counter() - start
     return times
 
@@ -173,6 +176,7 @@ def main(argv=None) -> None:
   parser.add_argument("--data", default="concept10/prod_2b_l20_v1")
   parser.add_argument("--ways", default=",".join(WAYS))
   parser.add_argument("--torch_threads", type=int, default=len(os.sched_getaffinity(0)))
+  parser.add_argument("--torch_microbatch", type=int, default=2, help="pairs per torch forward/backward piece")
   args = parser.parse_args(argv)
   ways = args.ways.split(",")
   command = "python benchmarks/reps_training_speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -202,7 +206,7 @@ def main(argv=None) -> None:
         c = axjax_call(concepts, concepts.each[i], concepts.acts_each[i])
       else:
         setup = prepare_preference(concepts.edit, model.config, concepts.each[i], concepts.acts_each[i], refs[i], hp)
-        c = trainer.train(setup, arrays[i])
+        c = trainer.train(setup, arrays[i], args.torch_microbatch)
       calls[way].append(c)
       log(f"{way} [{'all' if i is None else i}]: wall {c.wall:.1f}s, compile {c.compile:.1f}s, steps "
           + ", ".join(f"{t:.1f}s" for t in c.steps) + f", load {os.getloadavg()[0]:.1f}")
