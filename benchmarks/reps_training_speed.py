@@ -44,9 +44,13 @@ from axjax.methods.preference_methods import training_hyperparameters  # noqa: E
 from axjax.methods.preference_training import (PreferenceEdit, prepare_preference, reference_logps,  # noqa: E402
                                                shared_arrays, train_preference)
 from axjax.methods.registry import hyperparameters, method  # noqa: E402
-from benchmarks.adapter_training_speed import CallTimes, log, timed_compiles, turns  # noqa: E402
+from benchmarks.adapter_training_speed import CallTimes, timed_compiles, turns  # noqa: E402
 
 WAYS = ("joint", "one_at_a_time", "torch")
+
+
+def log(message: str) -> None:
+  print(f"[reps_training_speed {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class Concepts:
