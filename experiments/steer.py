@@ -232,7 +232,7 @@ def main(argv):
     main_report = os.path.join(output, "report.md")
     before = open(main_report).read() if os.path.exists(main_report) else "# axjax steering report\n"
     heading = suppression_run.HEADING
-    atomic_files.write_text(main_report, before.split(heading)[0] + heading + "\n".join(sections))
+    atomic_files.write_text(main_report, before.split(heading)[0] + heading + "\n".join(sections) + "\n")
 
 
 def prompt_writer_flag(prof, methods: list[str], judge: Judge, evals: list[str]) -> str | None:
