@@ -27,8 +27,9 @@ from axjax.evaluation import descriptions
 from axjax.errors import AxjaxError
 from axjax.judges.base import Judge
 from axjax.judges.local_judge import LocalJudge
-from axjax.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
+from axjax.judges.openai_judge import OpenAIJudge
 from axjax.judges.proxy import ProxyJudge
+from axjax.llm.openai_client import OpenAIConfig
 from axjax.loading.tokenizer import cache_dir
 from axjax.methods import preference_methods, prompting, registry, sae_methods
 from axjax.methods.adapter_training import adapters_from
@@ -123,7 +124,7 @@ def make_judge(perplexity_of: dict[tuple[str, str], float]) -> Judge:
   """The judge the flags ask for; the proxy reads fluency off the perplexities computed at generation."""
   cache = _JUDGE_CACHE.value or os.path.join(cache_dir(), "judge_replies.sqlite")
   if _JUDGE.value == "openai":
-    return OpenAIJudge(OpenAIJudgeConfig(model=_JUDGE_MODEL.value, base_url=_JUDGE_URL.value, cache_path=cache,
+    return OpenAIJudge(OpenAIConfig(model=_JUDGE_MODEL.value, base_url=_JUDGE_URL.value, cache_path=cache,
                                          api_key_env=_JUDGE_KEY_ENV.value, concurrency=_JUDGE_CONCURRENCY.value))
   if _JUDGE.value == "local":
     return LocalJudge(axjax.load(_JUDGE_MODEL.value, _DTYPE.value), cache)

@@ -10,9 +10,10 @@ import pytest
 
 from axjax.errors import AxjaxError
 from axjax.judges.base import RatingRequest
-from axjax.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
+from axjax.judges.openai_judge import OpenAIJudge
 from axjax.judges.reply_cache import ReplyCache
 from axjax.judges.rubrics import parse_rating, prompts
+from axjax.llm.openai_client import OpenAIClient, OpenAIConfig
 from openai_stub_server import COMPLETION_TOKENS, Faults, StubServer, stub_prompt_tokens, stub_rating
 
 KEY_ENV = "AXJAX_TEST_JUDGE_KEY"
@@ -29,7 +30,7 @@ def judge(url: str, tmp_path, **options) -> OpenAIJudge:
   """A judge with tiny timeouts and backoff so failures cost milliseconds."""
   config = dict(model="stub-judge", base_url=url, cache_path=str(tmp_path / "replies.sqlite"), api_key_env=KEY_ENV,
                 timeout_s=2.0, backoff_s=0.001, max_backoff_s=0.01)
-  return OpenAIJudge(OpenAIJudgeConfig(**{**config, **options}))
+  return OpenAIJudge(OpenAIConfig(**{**config, **options}))
 
 
 def requests(n: int, tag: str = "") -> list[RatingRequest]:
@@ -243,3 +244,19 @@ def test_bad_configuration_and_cache_file(tmp_path):
   garbage.write_bytes(b"this is not an sqlite file, just text that is long enough to have a header" * 4)
   with pytest.raises(AxjaxError, match="is not a usable sqlite database"):
     judge("http://127.0.0.1:1/v1", tmp_path, cache_path=str(garbage))
+
+
+def test_a_priced_model_reports_its_cost_and_an_llm_client_names_itself(tmp_path):
+  """usage()'s cost_usd is the new replies' tokens at AxBench's gpt-4o-mini prices ($0.15 / $0.60 per million);
+  the data generator's client says "LLM" where the judge says "judge"."""
+  batch = requests(2)
+  with StubServer() as server:
+    rater = judge(server.url, tmp_path, model="gpt-4o-mini")
+    rater.rate(batch)
+    usage = rater.usage()
+    assert usage["prompt_tokens"] == sum(stub_prompt_tokens(p) for r in batch for p in prompts(r))
+    assert usage["cost_usd"] == pytest.approx((usage["prompt_tokens"] * 0.15 + 6 * COMPLETION_TOKENS * 0.60) / 1e6)
+  client = OpenAIClient(OpenAIConfig(model="m", base_url=server.url, cache_path=str(tmp_path / "c.sqlite"),
+                                     api_key_env=KEY_ENV, timeout_s=0.5), role="LLM")
+  with pytest.raises(AxjaxError, match=f"^the LLM server at {server.url} refuses connections$"):
+    client.check()  # the server has stopped

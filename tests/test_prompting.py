@@ -15,7 +15,8 @@ from axjax.errors import AxjaxError
 from axjax.generation.sampling import SamplingConfig
 from axjax.generation.text import generate_text
 from axjax.judges import rubrics
-from axjax.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
+from axjax.judges.openai_judge import OpenAIJudge
+from axjax.llm.openai_client import OpenAIConfig
 from axjax.methods import prompting
 from axjax.methods.prompting import (FALLBACK, T_GENERATE_STEERING_PROMPT, T_PROMPT_STEERING, Writer, local_writer,
                                      openai_writer, parse_detection_rating, prompt_detection_scores, rate_outputs,
@@ -47,7 +48,7 @@ def test_templates_are_axbenchs_text():
 
 def test_openai_writer_prompts_and_steered_chat_inputs(tiny, tmp_path):
   with StubServer() as server:
-    config = OpenAIJudgeConfig(model="stub-writer", base_url=server.url, cache_path=str(tmp_path / "replies.sqlite"),
+    config = OpenAIConfig(model="stub-writer", base_url=server.url, cache_path=str(tmp_path / "replies.sqlite"),
                                api_key_env=KEY_ENV, timeout_s=2.0, backoff_s=0.001)
     writer = openai_writer(OpenAIJudge(config))
     written = steering_prompts(CONCEPTS, writer)

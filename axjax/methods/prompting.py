@@ -24,7 +24,7 @@ from axjax.errors import AxjaxError
 from axjax.generation.sampling import SamplingConfig
 from axjax.generation.text import generate_text
 from axjax.judges import rubrics
-from axjax.judges.openai_judge import OpenAIJudge
+from axjax.llm.openai_client import OpenAIClient
 from axjax.loading.load import LoadedModel
 
 # The two templates are AxBench's text, character for character (trailing spaces and the whitespace-only line
@@ -59,7 +59,7 @@ class Writer:
   complete: Callable[[Sequence[str]], list[str]]
 
 
-def openai_writer(judge: OpenAIJudge) -> Writer:
+def openai_writer(judge: OpenAIClient) -> Writer:
   """The openai judge's endpoint as a writer: its reply cache, thread pool, retries and sampling settings.
 
   AxBench asks at temperature 1.0 with no token limit: give the judge's config a `max_tokens` that fits a prompt
