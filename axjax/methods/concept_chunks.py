@@ -15,6 +15,7 @@ import numpy as np
 
 from axjax.errors import AxjaxError
 from axjax.methods.fit import ActivationCache, example_set
+from axjax.methods.own_responses import RESPONSE_TOKENS
 from axjax.methods.registry import method
 
 _TEMPLATE_TOKENS = 16  # chat-template tokens around an input and output (Gemma's take 9), plus the pad
@@ -40,7 +41,9 @@ def activation_bytes(cache: ActivationCache, methods: Sequence[str], concept_ids
     width = int(lengths[rows].max(initial=0)) + _TEMPLATE_TOKENS
     positives = int(np.sum(labels == 1))
     count = {"binarized": len(rows), "lm_all": len(rows), "lm_positive": positives, "preference": 2 * positives}
-    out[i] += sum(count[s.partition("@")[0]] for s in sets) * width * row_bytes  # "@": another layer
+    # "@": another layer; RePS's pairs also hold the model's own answers, up to RESPONSE_TOKENS long (a bound)
+    out[i] += sum(count[s.partition("@")[0]] * (width + RESPONSE_TOKENS * (s == "preference")) for s in sets
+                  ) * row_bytes
   return out
 
 
