@@ -1,8 +1,7 @@
 """AxBench's prompt templates for generating concept data (its `generate` stage, instruction datasets).
 
 The text is AxBench's, character for character: stanfordnlp/axbench, axbench/templates/prompt_templates.py, read
-at the public fork clarenceluo78/axbench @ 027dcfb. Apache
-License 2.0, copyright the AxBench authors. Fields are filled with `str.format` (`{CONCEPT}`, `{INSTRUCTION}`, ...).
+at the public fork clarenceluo78/axbench @ 027dcfb. Apache License 2.0, copyright the AxBench authors. Fields are filled with `str.format` (`{CONCEPT}`, `{INSTRUCTION}`, ...).
 What each is for: the concept's genre (T_DETERMINE_GENRE); contrast concepts, i.e. related words, another
 meaning of each, and a filter keeping the unrelated ones (T_CONCEPT_TO_WORDS, T_WORD_POLYSEMANTIC_MEANING,
 T_FILTER_CONTRAST_CONCEPT); responses with the concept (positives), without it (latent-eval negatives), with a
