@@ -16,7 +16,7 @@ from axjax.errors import AxjaxError
 from axjax.methods.prompting import Writer
 
 
-def _ask(writer: Writer, prompts: Sequence[str]) -> list[str]:
+def ask(writer: Writer, prompts: Sequence[str]) -> list[str]:
   """The writer's replies, one per prompt, or one sentence if it returns another number."""
   if not prompts:
     return []
@@ -28,18 +28,18 @@ def _ask(writer: Writer, prompts: Sequence[str]) -> list[str]:
 
 def concept_genres(writer: Writer, concepts: Sequence[str]) -> dict[str, list[str]]:
   """{concept: genres} from T_DETERMINE_GENRE (text where the LLM names none)."""
-  answers = _ask(writer, [templates.T_DETERMINE_GENRE.format(CONCEPT=c) for c in concepts])
+  answers = ask(writer, [templates.T_DETERMINE_GENRE.format(CONCEPT=c) for c in concepts])
   return {c: replies.genres(a) for c, a in zip(concepts, answers)}
 
 
 def contrast_concepts(writer: Writer, concepts: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
   """{concept: [(word, its other meaning), ...]}: the meanings the filter judged unrelated to the concept."""
   words = [replies.related_words(a) for a in
-           _ask(writer, [templates.T_CONCEPT_TO_WORDS.format(CONCEPT=c) for c in concepts])]
+           ask(writer, [templates.T_CONCEPT_TO_WORDS.format(CONCEPT=c) for c in concepts])]
   pairs = [(c, w) for c, ws in zip(concepts, words) for w in ws]
-  meanings = _ask(writer, [templates.T_WORD_POLYSEMANTIC_MEANING.format(WORD=w, CONCEPT=c) for c, w in pairs])
+  meanings = ask(writer, [templates.T_WORD_POLYSEMANTIC_MEANING.format(WORD=w, CONCEPT=c) for c, w in pairs])
   candidates = [(c, w, m) for (c, w), m in zip(pairs, map(replies.other_meaning, meanings)) if m is not None]
-  verdicts = _ask(writer, [templates.T_FILTER_CONTRAST_CONCEPT.format(CONTRAST_CONCEPT=m, CONCEPT=c)
+  verdicts = ask(writer, [templates.T_FILTER_CONTRAST_CONCEPT.format(CONTRAST_CONCEPT=m, CONCEPT=c)
                            for c, _, m in candidates])
   out: dict[str, list[tuple[str, str]]] = {c: [] for c in concepts}
   for (c, w, m), verdict in zip(candidates, verdicts):
