@@ -7,7 +7,7 @@ import os
 
 import pandas as pd
 
-from axjax import atomic_files
+from axjax import atomic_files, processes
 from axjax.dictionary.store import text_array
 from axjax.errors import AxjaxError
 from axjax.methods import registry
@@ -25,6 +25,9 @@ def check_evals(names: list[str], concepts: list[str]) -> list[str]:
     raise AxjaxError("--evals=attacks reuses the factors the suppression chooses: add suppress (or rules)")
   if {"suppress", "rules"} <= set(names):
     raise AxjaxError("--evals takes suppress (judged concepts) or rules (rule concepts scored by code), not both")
+  if processes.multi() and set(names) - {"steer"}:
+    raise AxjaxError("--evals=suppress, rules and attacks run in a one-process job: they generate after judging, "
+                     "which process 0 does alone once the others have finished")
   if "rules" in names:
     rules.check_rules(concepts)
   return list(dict.fromkeys(names))

@@ -160,3 +160,11 @@ def test_rules_evaluation_refuses_concepts_that_are_not_rules(tiny_with_tokenize
       "error: the rules evaluation needs rule concepts and 'references to rental services and associated equipment' "
       "is not one of the 20 rules")
   assert not out.exists()
+
+
+def test_the_reps_evaluations_are_refused_in_a_multi_process_job(monkeypatch):
+  from experiments import suppression_run
+  monkeypatch.setattr(suppression_run.processes, "multi", lambda: True)
+  assert suppression_run.check_evals(["steer"], ["cats"]) == ["steer"]
+  with pytest.raises(AxjaxError, match="--evals=suppress, rules and attacks run in a one-process job"):
+    suppression_run.check_evals(["steer", "suppress"], ["cats"])
