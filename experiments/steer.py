@@ -208,8 +208,10 @@ def main(argv):
     first = [c.concept_id for c in data.concepts][:hparams["SFT"]["max_concepts"]]
     rows = rows[(rows["method"] != "SFT") | rows["concept_id"].isin(first)].reset_index(drop=True)
   dictionaries = sae_flags.steering_dictionaries(dictionaries, sae_max_acts)
-  steerers = row_steerers.steerers(model, data, dictionaries, protocol, _SEED.value, os.path.join(output, "training"),
-                                   cli.say, _MAX_EXAMPLES.value, _LAYER.value)
+  make_steerers = lambda dicts: row_steerers.steerers(model, data, dicts, protocol, _SEED.value,
+                                                      os.path.join(output, "training"), cli.say, _MAX_EXAMPLES.value,
+                                                      _LAYER.value)
+  steerers = make_steerers(dictionaries)
   run = functools.partial(evaluations.generate_and_rate, model, dictionaries=dictionaries, judge=judge,
                           perplexity_of=perplexity_of, progress=progress, layer=_LAYER.value, protocol=protocol,
                           seed=_SEED.value, batch_size=_BATCH.value, mesh=mesh, params=placed)
@@ -226,9 +228,8 @@ def main(argv):
     cli.say(_summary_lines(results, output))
   suppressing = [e for e in ("suppress", "rules") if e in evals]
   if suppressing:
-    prompt_steerers = lambda dicts: row_steerers.steerers(model, data, dicts, protocol, _SEED.value, output)
     sections = suppression_run.suppression_evals(suppressing[0], "attacks" in evals, rows, data, dictionaries,
-                                                 steerers, prompt_steerers, writer, run, report, judge, output)
+                                                 steerers, make_steerers, writer, run, report, judge, output)
   if sections:
     main_report = os.path.join(output, "report.md")
     before = open(main_report).read() if os.path.exists(main_report) else "# axjax steering report\n"

@@ -8,6 +8,7 @@ import os
 import pandas as pd
 
 from axjax import atomic_files, processes
+from axjax.data.preference_examples import positive_rows
 from axjax.dictionary.store import text_array
 from axjax.errors import AxjaxError
 from axjax.methods import registry
@@ -33,7 +34,7 @@ def check_evals(names: list[str], concepts: list[str]) -> list[str]:
   return list(dict.fromkeys(names))
 
 
-def suppression_evals(kind: str, attacks: bool, rows, data, dictionaries, steerers, prompt_steerers, writer, run,
+def suppression_evals(kind: str, attacks: bool, rows, data, dictionaries, steerers, make_steerers, writer, run,
                       report, judge, output: str) -> list[str]:
   """RePS's suppression (or rule suppression) evaluation, then, with `attacks`, each prompt attack at the chosen
   factors: one folder and report each under output/; returns the markdown lines summarising them."""
@@ -51,7 +52,7 @@ def suppression_evals(kind: str, attacks: bool, rows, data, dictionaries, steere
     prompt = supp_dicts["PromptSteering"]
     supp_dicts["PromptSteering"] = prompt.replace(extras={**prompt.extras, "prompt": text_array(
         [avoid[c] for c in prompt.concept_ids])})
-  supp_steerers = {**steerers, **prompt_steerers({k: v for k, v in supp_dicts.items() if k == "PromptSteering"})}
+  supp_steerers = {**steerers, **make_steerers({k: v for k, v in supp_dicts.items() if k == "PromptSteering"})}
   score = lambda table: evaluations.suppression_scored(table, rules=kind == "rules")
   table = run(supp_rows, dictionaries=supp_dicts, steerers=supp_steerers, folder=folder)
   if table is None:
@@ -64,7 +65,9 @@ def suppression_evals(kind: str, attacks: bool, rows, data, dictionaries, steere
   if not attacks:
     return lines
   chosen = pd.DataFrame(results["selection"])
-  shots = {c.concept_id: _positive_pairs(data, c.concept_id)[:ATTACK_SHOTS] for c in data.concepts}
+  positives = {c.concept_id: data.train.iloc[positive_rows(data, [c.concept_id])[:ATTACK_SHOTS]]
+               for c in data.concepts}  # examples of answers using the concept
+  shots = {c: list(zip(frame["input"], frame["output"])) for c, frame in positives.items()}
   attacked = {}
   for attack in suppression.ATTACKS:
     attack_folder = os.path.join(output, "attacks", attack)
@@ -81,13 +84,6 @@ def suppression_evals(kind: str, attacks: bool, rows, data, dictionaries, steere
 
 
 ATTACK_SHOTS = 4  # many-shot turns per concept offline (its first training positives)
-
-
-def _positive_pairs(data, concept_id: int) -> list[tuple[str, str]]:
-  """(instruction, concept response) of a concept's training positives: examples of answers using it."""
-  rows, labels = data.training_row_ids(concept_id)
-  frame = data.train.iloc[rows[labels == 1]]
-  return list(zip(frame["input"], frame["output"]))
 
 
 def suppression_texts(rows, data, writer, path: str) -> dict:

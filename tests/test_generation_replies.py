@@ -38,11 +38,6 @@ def test_is_distinct_reads_the_last_answer(reply, expected):
   assert replies.is_distinct(reply) is expected
 
 
-def test_response_text_strips_quotes_and_refuses_empty_replies():
-  assert replies.response_text('  "A reply about rentals."  ') == "A reply about rentals."
-  assert replies.response_text("  ") is None
-
-
 @pytest.mark.parametrize("name, fields", [
     ("T_DETERMINE_GENRE", {"CONCEPT"}), ("T_CONCEPT_TO_WORDS", {"CONCEPT"}),
     ("T_WORD_POLYSEMANTIC_MEANING", {"WORD", "CONCEPT"}), ("T_FILTER_CONTRAST_CONCEPT", {"CONTRAST_CONCEPT", "CONCEPT"}),

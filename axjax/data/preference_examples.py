@@ -33,7 +33,7 @@ def preference_examples(data: AxbenchData, tokenizer, responses: Mapping[str, st
   (`own_responses`). `positions`: where interventions act, as `lm_examples` ("all": prompt and response)."""
   options = dict(concept_ids=concept_ids, max_examples=max_examples, positions=positions, max_length=None)
   concept = lm_examples(data, tokenizer, **options)
-  rows = _positive_rows(data, concept.concept_ids, max_examples)
+  rows = positive_rows(data, concept.concept_ids, max_examples)
   instructions = data.train["input"].iloc[rows].tolist()
   if missing := [i for i in instructions if i not in responses]:
     raise AxjaxError(f"no own response for the training instruction {missing[0][:60]!r}: generate them with "
@@ -46,8 +46,8 @@ def preference_examples(data: AxbenchData, tokenizer, responses: Mapping[str, st
   return PreferenceExamples(_widen(concept, width), _widen(own, width))
 
 
-def _positive_rows(data: AxbenchData, concept_ids: Sequence[int], max_examples: int | None) -> list[int]:
-  """The training rows of the concepts' positives, sorted."""
+def positive_rows(data: AxbenchData, concept_ids: Sequence[int], max_examples: int | None = None) -> list[int]:
+  """The training rows of the concepts' positives, sorted (file order)."""
   return sorted({int(r) for c in concept_ids for r, label in zip(*data.training_row_ids(int(c), max_examples))
                  if label == 1})
 
@@ -55,7 +55,7 @@ def _positive_rows(data: AxbenchData, concept_ids: Sequence[int], max_examples: 
 def positive_instructions(data: AxbenchData, concept_ids: Sequence[int], max_examples: int | None = None
                           ) -> list[str]:
   """The instructions of the concepts' positive training examples: what `own_responses` must answer."""
-  return list(dict.fromkeys(data.train["input"].iloc[_positive_rows(data, concept_ids, max_examples)]))
+  return list(dict.fromkeys(data.train["input"].iloc[positive_rows(data, concept_ids, max_examples)]))
 
 
 def _widen(examples: LMExamples, width: int) -> LMExamples:

@@ -2,8 +2,8 @@
 
 Genre: any of text/code/math the reply names, in that order; "none", or nothing named, means text. Related words:
 one per line. Another meaning: kept only when it is a real description (more than one word, no "none"). The
-contrast filter: the reply's last "Answer" must say yes. Responses: stripped of spaces and quotes around them.
-Each reader returns None where a reply cannot be used, so the caller can retry and then report the concept.
+contrast filter: the reply's last "Answer" must say yes. (Responses are read by `responses`, which also cuts them to
+the target tokenizer's budget.)
 """
 
 from __future__ import annotations
@@ -35,8 +35,3 @@ def is_distinct(reply: str) -> bool:
   "Answer" says yes)."""
   return "yes" in reply.split("Answer")[-1].lower()
 
-
-def response_text(reply: str) -> str | None:
-  """A response template's reply as the example's output, None when it is empty."""
-  text = reply.strip().strip(" '").strip('"').strip()
-  return text or None

@@ -217,7 +217,13 @@ def step_plan(row_valid: np.ndarray, concept_ids: np.ndarray, hp: dict[str, Any]
       positions = np.stack([b.positions for b in group] + [group[0].positions] * (accum - len(group)), 1)
       weight = np.stack([b.weight for b in group] + [np.zeros_like(group[0].weight)] * (accum - len(group)), 1)
       steps.append((positions, weight))
-  return steps, hp["n_epochs"] * max(1, per_epoch // accum), -(-per_epoch // accum)
+  return steps, hp["n_epochs"] * max(1, per_epoch // accum), optimizer_steps_per_epoch(row_valid, hp)
+
+
+def optimizer_steps_per_epoch(row_valid: np.ndarray, hp: dict[str, Any]) -> int:
+  """`step_plan`'s optimizer steps per epoch: the epoch's batches in groups of gradient_accumulation_steps (a
+  shorter last group included)."""
+  return -(-batching.steps_per_epoch(row_valid, hp["batch_size"]) // hp["gradient_accumulation_steps"])
 
 
 @dataclasses.dataclass(frozen=True)

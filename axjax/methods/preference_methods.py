@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from axjax.data import batching
 from axjax.data.preference_examples import positive_instructions, preference_examples
 from axjax.dictionary import Dictionary
 from axjax.errors import AxjaxError
 from axjax.methods.activations import layer_activations
-from axjax.methods.adapter_training import adapters_from
+from axjax.methods.adapter_training import adapters_from, optimizer_steps_per_epoch
 from axjax.methods.own_responses import own_responses
 from axjax.methods.preference_training import PreferenceEdit, shared_arrays, train_preference
 from axjax.model.config import GemmaConfig
@@ -88,8 +87,7 @@ def fit_preference(name: str, cache: ActivationCache, hp: dict[str, Any], seed: 
   acts = layer_activations(cache.placed_params, config, arrays["tokens"], arrays["mask"], edit.after,
                            progress=None if progress is None else lambda done: progress(
                                "activations (preference pairs)", done, rows), mesh=cache.mesh)
-  per_epoch = -(-batching.steps_per_epoch(examples.concept.row_valid, hp["batch_size"])
-                // hp["gradient_accumulation_steps"])
+  per_epoch = optimizer_steps_per_epoch(examples.concept.row_valid, hp)
   steps = report(f"train {name}")
   params, record = train_preference(
       edit, cache.placed_params, config, examples, acts, train_hp, seed=seed, mesh=cache.mesh,

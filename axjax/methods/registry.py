@@ -104,7 +104,9 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
                {"max_new_tokens": 512, "temperature": 1.0}, kind="prompt", steers=False),
 ]}
 
+
 def _grid(*values: float) -> str:
+  """A factor list as the "+"-joined hyperparameter text ("2+4+6")."""
   return "+".join(f"{v:g}" for v in values)
 
 
