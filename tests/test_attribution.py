@@ -6,6 +6,8 @@ torch.autograd gives dP(class 1)/dh. IG is a plain torch loop over the 50 left-R
 AxBench's loop (CrossEntropyLoss on the softmax output, loss / accum, AdamW, HF's linear schedule).
 """
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,7 @@ import transformers  # noqa: E402
 
 import axjax  # noqa: E402
 from conftest import right_padded_batch  # noqa: E402
+from axjax.dictionary import Dictionary  # noqa: E402
 from axjax.errors import AxjaxError  # noqa: E402
 from axjax.methods import attribution  # noqa: E402
 
@@ -212,3 +215,38 @@ def test_bad_input_raises_one_clear_error(setup):
     attribution.train_classifiers(np.zeros((1, 4, 8)), np.full((1, 4), 2))
   with pytest.raises(AxjaxError, match="\\[C, N, d\\]"):
     attribution.train_classifiers(np.zeros((4, 8)), np.zeros(4))
+
+
+def test_interrupted_scoring_resumes_from_its_scratch_file(setup, tmp_path, monkeypatch):
+  """A run stopped after two batches leaves its scores in the scratch file; the rerun scores only the other
+  batches and ends with the same [E, C] scores as an uninterrupted run."""
+  _, lm, _, _, heads = setup
+  rng = np.random.default_rng(5)
+  lengths = rng.integers(4, 12, size=10)
+  tokens, mask = right_padded_batch(rng, lm.config.vocab_size, lengths, int(lengths.max()), PAD)
+  ex = types.SimpleNamespace(concept_ids=np.array([7, 9] * 5), tokens=tokens, attention_mask=mask,
+                             score_mask=mask)
+  dictionary = Dictionary(weights=None, biases=None, concept_ids=(7, 9), concept_names=("a", "b"),
+                          method="InputXGradients", model_name="tiny", layer=LAYER, width=lm.config.hidden_size,
+                          extras=heads)
+  monkeypatch.setattr(attribution, "_ROWS", 2)
+  monkeypatch.setattr(attribution, "_SAVE_EVERY", 1)
+  whole, pooled = attribution.detection_scores(dictionary, lm, ex, LAYER)
+  assert not pooled and whole.shape == (10, 2) and (whole[np.arange(10), [0, 1] * 5] > 0).all()
+
+  class Stop(Exception):
+    pass
+
+  def stop_after_two_batches(label, done, total):
+    if done >= 4:
+      raise Stop
+  scratch = str(tmp_path / "InputXGradients.npz")
+  with pytest.raises(Stop):
+    attribution.detection_scores(dictionary, lm, ex, LAYER, scratch=scratch, progress=stop_after_two_batches)
+  assert np.load(scratch)["done"].sum() == 4
+  batches = []
+  scorer = attribution.input_x_gradient
+  monkeypatch.setattr(attribution, "input_x_gradient", lambda *a: batches.append(1) or scorer(*a))
+  resumed, _ = attribution.detection_scores(dictionary, lm, ex, LAYER, scratch=scratch)
+  assert len(batches) == 3  # 10 rows in batches of 2, two of them already scored
+  np.testing.assert_allclose(resumed, whole, rtol=1e-6)

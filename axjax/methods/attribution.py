@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import math
+import os
 from typing import Sequence
 
 import chex
@@ -32,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from axjax import atomic_files, processes
 from axjax.errors import AxjaxError
-from axjax import processes
 from axjax.methods.activations import WIDTH_MULTIPLE, placed_batches, residual_stream
 from axjax.model.config import GemmaConfig
 from axjax.model.layers import RMSNorm
@@ -342,24 +344,45 @@ def _head_shapes(d: int) -> dict[str, tuple[int, ...]]:
   return {"w1": (d, d // 2), "b1": (d // 2,), "w2": (d // 2, 2), "b2": (2,)}
 
 
-def detection_scores(dictionary, model, ex, layer: int, *, params=None, mesh=None, progress=None, **_
-                     ) -> tuple[np.ndarray, bool]:
+def _scored_so_far(scratch: str | None, rows: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
+  """(scores [rows, columns], done [rows]) from an interrupted run's `scratch` file, or zeros and none done."""
+  if scratch is not None and os.path.exists(scratch):
+    with np.load(scratch) as saved:
+      if saved["scores"].shape == (rows, columns):
+        return saved["scores"], saved["done"]
+  return np.zeros((rows, columns), np.float32), np.zeros(rows, bool)
+
+
+def _save_scored(scratch: str, scores: np.ndarray, done: np.ndarray) -> None:
+  buffer = io.BytesIO()
+  np.savez(buffer, scores=scores, done=done)
+  atomic_files.write_bytes(scratch, buffer.getvalue())
+
+
+_SAVE_EVERY = 8  # batches between saves of the scores so far (IG: about a minute and a half each on 2 cores)
+
+
+def detection_scores(dictionary, model, ex, layer: int, *, params=None, mesh=None, progress=None, scratch=None,
+                     **_) -> tuple[np.ndarray, bool]:
   """[E, C] max token score (s_t = sum_d |attr|, positions from the chat prefix on) of each latent-eval row
   under its own concept's head, 0 in the other columns: attributions take a backward pass per row and head, so
-  only a concept's own rows are scored (False: no imbalanced pool)."""
+  only a concept's own rows are scored (False: no imbalanced pool). With `scratch` (a file path), the scores so
+  far are saved every few batches and an interrupted run resumes from them."""
   params = model.params if params is None else params
   own = dictionary.rows_of(ex.concept_ids, missing=-1)
   subset = np.flatnonzero(own >= 0)
   heads = {k: dictionary.extras[k] for k in HEADS}
   steps = dictionary.hyperparameters.get("steps")
   baseline = None if steps is None else ig_baseline(params, model.config, IGConfig(steps=steps))
-  out = np.zeros((len(ex.concept_ids), dictionary.num_concepts), np.float32)
-  report = None if progress is None else (lambda done: progress(f"detection scores ({dictionary.method})", done,
-                                                                len(subset)))
+  out, done = _scored_so_far(scratch, len(ex.concept_ids), dictionary.num_concepts)
+  report = None if progress is None else (lambda n: progress(f"detection scores ({dictionary.method})", n,
+                                                             len(subset)))
   cut = lambda a: a[subset]
-  for rows, (tokens, mask, score_mask) in placed_batches(
-      [cut(ex.tokens), cut(ex.attention_mask), cut(ex.score_mask)], cut(ex.attention_mask), _ROWS,
-      _WIDTH_MULTIPLE, mesh, report):
+  batches = placed_batches([cut(ex.tokens), cut(ex.attention_mask), cut(ex.score_mask)], cut(ex.attention_mask),
+                           _ROWS, _WIDTH_MULTIPLE, mesh, report)
+  for batch, (rows, (tokens, mask, score_mask)) in enumerate(batches):
+    if done[subset[rows]].all():
+      continue
     index = own[subset[rows]]
     if steps is None:
       attr, _ = input_x_gradient(params, model.config, layer, heads, index, tokens, mask)
@@ -368,4 +391,7 @@ def detection_scores(dictionary, model, ex, layer: int, *, params=None, mesh=Non
       attr, _ = integrated_gradients(params, model.config, layer, heads, index, tokens, mask, ig, baseline)
     scores = processes.to_host(jnp.where(score_mask, token_scores(attr), -jnp.inf).max(axis=1))
     out[subset[rows], index] = scores[:len(rows)]
+    done[subset[rows]] = True
+    if scratch is not None and batch % _SAVE_EVERY == _SAVE_EVERY - 1:
+      _save_scored(scratch, out, done)
   return out, False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, Mapping
 
 import jax
@@ -50,14 +51,14 @@ KIND_SCORES = {"bow": bow.detection_scores, "attribution": attribution.detection
 
 def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedModel, data: AxbenchData, layer: int,
                        imbalance_factor: int | None = 100, progress: Callable[[str, int, int], None] | None = None,
-                       mesh: jax.sharding.Mesh | None = None, params=None, seed: int = 0
-                       ) -> dict[str, tuple[dict[str, Any], Dictionary]]:
+                       mesh: jax.sharding.Mesh | None = None, params=None, seed: int = 0,
+                       scratch_dir: str | None = None) -> dict[str, tuple[dict[str, Any], Dictionary]]:
   """Detection report of each dictionary, and the dictionary with per-concept max activation and threshold.
 
   One pass of the model over the latent-eval texts scores every concept of every rank-1 dictionary at once (its
   batches split over `mesh`'s concept axis; `params`: the model's weights already placed on it); the other
   kinds score with their own `KIND_SCORES` (BoW, IG/IxG and PromptDetection: their imbalanced F1 only where
-  they score the shared pool).
+  they score the shared pool). `scratch_dir`: where the slow kinds (IG) keep their scores so far, to resume.
   max activation: the concept's largest example score on its eval rows (what AxBench scales steering by);
   threshold: the Youden-J point of its ROC curve, mapped back from AxBench's min-max scale to raw scores.
   """
@@ -68,8 +69,9 @@ def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedMode
   for name, dictionary in dictionaries.items():
     kind = method(dictionary.method).kind
     if kind != "direction":
+      scratch = None if scratch_dir is None else os.path.join(scratch_dir, f"{name}.npz")
       scores, pooled = KIND_SCORES[kind](dictionary, model, ex, layer, data=data, seed=seed, mesh=mesh,
-                                         params=params, progress=progress)
+                                         params=params, progress=progress, scratch=scratch)
       out[name] = _report(dictionary, scores, ex, imbalance_factor if pooled else None)
   names = [n for n in dictionaries if n not in out]
   if not names:
