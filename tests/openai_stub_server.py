@@ -1,5 +1,5 @@
-"""A real HTTP server speaking OpenAI's chat-completions protocol, for judge tests: deterministic ratings,
-injectable failures, and a log of every request with the peak number in flight."""
+"""A real HTTP server speaking OpenAI's chat-completions protocol, for judge and data-generation tests: deterministic
+ratings (or scripted replies), injectable failures, and a log of every request with the peak number in flight."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import http.server
 import json
 import threading
 import time
+from typing import Callable
 
 FAILURES = ("500", "429", "400", "sleep", "invalid_json", "not_completion", "no_rating", "drop")
 COMPLETION_TOKENS = 9  # every reply claims this many completion tokens
@@ -56,8 +57,9 @@ class _Server(http.server.ThreadingHTTPServer):
 class StubServer:
   """`with StubServer(Faults(...)) as server:` serves on 127.0.0.1 at `server.url` (…/v1) until the block ends."""
 
-  def __init__(self, faults: Faults = Faults()):
-    self.faults = faults
+  def __init__(self, faults: Faults = Faults(), reply: Callable[[str, dict], str] | None = None):
+    """`reply(prompt, request body)` scripts the answers (default: a rating of `stub_rating`)."""
+    self.faults, self.reply = faults, reply
     self.requests: list[Recorded] = []
     self.in_flight = 0
     self.max_in_flight = 0
@@ -142,9 +144,9 @@ def _handler(stub: StubServer) -> type[http.server.BaseHTTPRequestHandler]:
         # before this thread runs again, which would count one request twice.
         with stub._lock:
           stub.in_flight -= 1
-      self._answer(prompt, failure)
+      self._answer(prompt, body, failure)
 
-    def _answer(self, prompt: str, failure: str | None) -> None:
+    def _answer(self, prompt: str, body: dict, failure: str | None) -> None:
       if self.path != "/v1/chat/completions":
         self._send(404, b'{"error": {"message": "not found"}}')
       elif not self._authorized():
@@ -167,7 +169,8 @@ def _handler(stub: StubServer) -> type[http.server.BaseHTTPRequestHandler]:
       else:
         if failure == "sleep":
           time.sleep(faults.sleep_s)
-        content = f"The fragment was read carefully.\nRating: [[{stub_rating(prompt)}]]"
+        content = (stub.reply(prompt, body) if stub.reply is not None else
+                   f"The fragment was read carefully.\nRating: [[{stub_rating(prompt)}]]")
         self._send(200, json.dumps(_completion(prompt, content)).encode())
 
   return Handler

@@ -1,12 +1,13 @@
 """Generated data written in AxBench's layout: read back by axjax's reader, and by pandas with the shipped
 Concept10 files' columns and dtypes."""
 
+import dataclasses
 import json
 
 import pandas as pd
 
 from axjax.data.axbench_format import BUILTIN_ROOT, read_axbench
-from axjax.data_generation.folder import ConceptData, write_folder
+from axjax.data_generation.folder import LatentPart, TrainPart, write_latent, write_train
 
 SHIPPED = BUILTIN_ROOT / "concept10" / "prod_2b_l20_v1"
 
@@ -17,18 +18,24 @@ def triples(tag, genre, n):
 
 def concepts():
   pool = triples("pool text", "text", 4) + triples("pool code", "code", 4) + triples("pool math", "math", 4)
-  rentals = ConceptData(0, "references to rental services", "https://www.neuronpedia.org/gemma-2-2b/20-res-16k/16038",
-                        ("text",), triples("rent", "text", 4), triples("rent eval", "text", 3),
-                        triples("neg", "text", 2) + triples("neg", "math", 1),
-                        triples("hard", "text", 1), [("rent", "a tear in fabric")])
-  loops = ConceptData(1, "for loops in Python", None, ("code",), triples("loop", "code", 4),
-                      triples("loop eval", "code", 3), triples("neg", "text", 3))
-  return pool, [rentals, loops]
+  rent = ("references to rental services", "https://www.neuronpedia.org/gemma-2-2b/20-res-16k/16038")
+  loops = ("for loops in Python", None)
+  train = [TrainPart(0, *rent, ("text",), triples("rent", "text", 4)),
+           TrainPart(1, *loops, ("code",), triples("loop", "code", 4))]
+  latent = [LatentPart(0, *rent, triples("rent eval", "text", 3), triples("neg", "text", 2) + triples("neg", "math", 1),
+                       triples("hard", "text", 1), [("rent", "a tear in fabric")]),
+            LatentPart(1, *loops, triples("loop eval", "code", 3), triples("neg", "text", 3))]
+  return pool, train, latent
+
+
+def write_folder(folder):
+  pool, train, latent = concepts()
+  write_train(folder, pool, train)
+  write_latent(folder, latent)
 
 
 def test_a_written_folder_reads_back_as_axbench_data(tmp_path):
-  pool, listed = concepts()
-  write_folder(str(tmp_path), pool, listed)
+  write_folder(str(tmp_path))
   data = read_axbench(str(tmp_path))
   assert [(c.concept_id, c.name, c.genre) for c in data.concepts] == [
       (0, "references to rental services", "text"), (1, "for loops in Python", "code")]
@@ -43,7 +50,7 @@ def test_a_written_folder_reads_back_as_axbench_data(tmp_path):
 
 
 def test_files_have_the_shipped_files_columns_and_dtypes(tmp_path):
-  write_folder(str(tmp_path), *concepts())
+  write_folder(str(tmp_path))
   for part in ("generate/train_data.parquet", "inference/latent_eval_data.parquet"):
     ours, theirs = pd.read_parquet(tmp_path / part), pd.read_parquet(SHIPPED / part)
     assert ours.dtypes.to_dict() == theirs.dtypes.to_dict(), part
@@ -54,3 +61,12 @@ def test_files_have_the_shipped_files_columns_and_dtypes(tmp_path):
   assert [set(line) for line in lines] == [set(shipped)] * 2
   assert lines[1] == {"concept_id": 1, "concept": "for loops in Python", "ref": "null",
                       "concept_genres_map": {"for loops in Python": ["code"]}}
+
+
+def test_concepts_from_id_500_on_go_to_the_next_train_file(tmp_path):
+  pool, (rent, loops), _ = concepts()
+  write_train(str(tmp_path), pool, [rent, dataclasses.replace(loops, concept_id=501)])
+  first = pd.read_parquet(tmp_path / "generate" / "train_data.parquet")
+  second = pd.read_parquet(tmp_path / "generate" / "train_data_1.parquet")
+  assert set(first["concept_id"]) == {-1, 0} and set(second["concept_id"]) == {501}
+  assert [c.concept_id for c in read_axbench(str(tmp_path)).concepts] == [0, 501]

@@ -41,3 +41,15 @@ def test_contrast_and_plain_negatives(tokenizer):
   assert responses.with_contrast(scripted(table), tokenizer, CONCEPT, [contrast], [ask], 64) == [
       "My jacket had a rent in it"]  # leading tags and the final period go, as AxBench's strip(" .'")
   assert responses.without_concept(scripted(table), tokenizer, CONCEPT, [ask], 64) == ["I read a book."]
+
+
+def test_retries_ask_again_only_for_what_stayed_unusable():
+  asked = []
+
+  def respond(items, draw):
+    asked.append((list(items), draw))
+    return [None if item == "bad" or (item == "flaky" and draw == 0) else f"{item}@{draw}" for item in items]
+
+  assert responses.with_retries(respond, ["ok", "flaky", "bad"], 2) == ["ok@0", "flaky@1", None]
+  assert asked == [(["ok", "flaky", "bad"], 0), (["flaky", "bad"], 1), (["bad"], 2)]
+  assert responses.with_retries(respond, ["bad"], 0) == [None]

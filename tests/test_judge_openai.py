@@ -260,3 +260,12 @@ def test_a_priced_model_reports_its_cost_and_an_llm_client_names_itself(tmp_path
                                      api_key_env=KEY_ENV, timeout_s=0.5), role="LLM")
   with pytest.raises(AxjaxError, match=f"^the LLM server at {server.url} refuses connections$"):
     client.check()  # the server has stopped
+
+
+def test_a_later_draw_is_asked_with_its_own_seed_and_cached_apart(tmp_path):
+  with StubServer(reply=lambda prompt, body: f"{prompt} / seed {body['seed']}") as server:
+    client = judge(server.url, tmp_path, seed=5)
+    assert client.complete(["a", "b"]) == ["a / seed 5", "b / seed 5"]
+    assert client.complete(["a"], draw=2) == ["a / seed 7"]
+    assert client.complete(["a"]) == ["a / seed 5"] and client.complete(["a"], draw=2) == ["a / seed 7"]
+    assert [r.body["seed"] for r in server.chat_requests()] == [5, 5, 7]  # the repeats come from the cache

@@ -47,3 +47,18 @@ def test_a_folder_reads_one_file_per_genre_and_split(tmp_path):
 def test_bad_folders_are_refused_in_one_sentence(tmp_path, skip, bad, message):
   with pytest.raises(AxjaxError, match=message.replace("(", r"\(")):
     seed_instructions(_folder(tmp_path, skip, bad))
+
+
+def test_axbenchs_saved_dataset_reads_its_input_column_per_split(tmp_path):
+  datasets = pytest.importorskip("datasets")
+  splits = {f"{g}_{s}": datasets.Dataset.from_dict({"input": [f"{g} {s} {i}" for i in range(3)] + [f"{g} {s} 0"]})
+            for g in GENRES for s in SPLITS}
+  datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "seed_instructions"))
+  seeds = seed_instructions(str(tmp_path / "seed_instructions"))
+  assert seeds[("math", "train")] == ["math train 0", "math train 1", "math train 2"]  # repeats dropped
+  del splits["code_test"]
+  datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "partial"))
+  with pytest.raises(AxjaxError, match="has no code_test split with an \"input\" column"):
+    seed_instructions(str(tmp_path / "partial"))
+  with pytest.raises(AxjaxError, match="there is no seed-instruction folder at"):
+    seed_instructions(str(tmp_path / "absent"))

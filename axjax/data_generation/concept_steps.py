@@ -16,11 +16,12 @@ from axjax.errors import AxjaxError
 from axjax.methods.prompting import Writer
 
 
-def ask(writer: Writer, prompts: Sequence[str]) -> list[str]:
-  """The writer's replies, one per prompt, or one sentence if it returns another number."""
+def ask(writer: Writer, prompts: Sequence[str], draw: int = 0) -> list[str]:
+  """The writer's replies, one per prompt (draw k > 0: its k-th independent replies, for a retry), or one
+  sentence if it returns another number."""
   if not prompts:
     return []
-  answers = writer.complete(list(prompts))
+  answers = writer.complete(list(prompts)) if draw == 0 else writer.complete(list(prompts), draw=draw)
   if len(answers) != len(prompts):
     raise AxjaxError(f"the LLM {writer.name} returned {len(answers)} replies for {len(prompts)} prompts")
   return answers

@@ -2,7 +2,9 @@
 
 AxBench draws them from Dolly open_qa (text), python_code_instructions_18k_alpaca (code) and GSM8K (math), the
 first 1000 of each as the train split and the next 1000 as the test split. Here a user passes a folder of
-`{genre}_{split}.jsonl` files (records with an "instruction"), or `builtin`: the instructions the shipped
+`{genre}_{split}.jsonl` files (records with an "instruction"), AxBench's own `seed_instructions` folder (a
+`datasets` DatasetDict saved with save_to_disk, splits `{genre}_{split}` with an "input" column, read offline with
+`datasets.load_from_disk`), or `builtin`: the instructions the shipped
 Concept10 datasets were generated from (its train file's inputs are train-split instructions, its latent-eval
 inputs test-split ones; AxBench's data, Apache 2.0, itself drawn from those three sets), enough for small runs.
 """
@@ -27,6 +29,10 @@ def seed_instructions(source: str = BUILTIN) -> dict[tuple[str, str], list[str]]
   """{(genre, split): instructions}, each list without repeats and in a fixed order."""
   if source == BUILTIN:
     return _builtin()
+  if not os.path.isdir(source):
+    raise AxjaxError(f"there is no seed-instruction folder at {source} (pass a folder, or {BUILTIN!r})")
+  if os.path.isfile(os.path.join(source, "dataset_dict.json")):
+    return _saved_dataset(source)
   out = {}
   for genre in GENRES:
     for split in SPLITS:
@@ -53,6 +59,22 @@ def _read_jsonl(path: str) -> list[str]:
   if not instructions:
     raise AxjaxError(f"{path} holds no instructions")
   return list(dict.fromkeys(instructions))
+
+
+def _saved_dataset(source: str) -> dict[tuple[str, str], list[str]]:
+  """AxBench's seed_instructions DatasetDict (save_to_disk), one split per genre and split."""
+  import datasets  # only this source needs it
+
+  saved = datasets.load_from_disk(source)
+  out = {}
+  for genre in GENRES:
+    for split in SPLITS:
+      name = f"{genre}_{split}"
+      if name not in saved or "input" not in saved[name].column_names:
+        raise AxjaxError(f"the saved dataset {source} has no {name} split with an \"input\" column (AxBench's "
+                         "seed_instructions layout)")
+      out[(genre, split)] = list(dict.fromkeys(map(str, saved[name]["input"])))
+  return out
 
 
 def _builtin() -> dict[tuple[str, str], list[str]]:

@@ -99,17 +99,19 @@ class OpenAIClient:
         raise AxjaxError(f"the {self.role} server's host in {self._url} is unknown") from None
       raise AxjaxError(f"the {self.role} server at {self._url} cannot be reached ({_describe(error)})") from None
 
-  def complete(self, prompts: Sequence[str], progress: Progress | None = None) -> list[str]:
-    """The reply text to each user prompt, in order (e.g. steering prompts to write), asked and cached as `rate`."""
-    replies = self._replies(prompts, progress)
+  def complete(self, prompts: Sequence[str], progress: Progress | None = None, draw: int = 0) -> list[str]:
+    """The reply text to each user prompt, in order (e.g. steering prompts to write), asked and cached as `rate`.
+    `draw` k > 0 asks for another, independent reply (sampling seed + k, its own cache entry): a retry of a
+    reply that could not be used, which the cache would otherwise return again."""
+    replies = self._replies(prompts, progress, draw)
     return [replies[p] for p in prompts]
 
-  def _replies(self, prompts: Sequence[str], progress: Progress | None) -> dict[str, str]:
+  def _replies(self, prompts: Sequence[str], progress: Progress | None, draw: int = 0) -> dict[str, str]:
     """Each distinct prompt's reply: from the cache where it is there, else asked."""
     unique = list(dict.fromkeys(prompts))
     replies: dict[str, str] = {}
     for prompt in unique:
-      hit = self._cache.get(self.config.model, prompt)
+      hit = self._cache.get(self._cache_model(draw), prompt)
       if hit is not None:
         replies[prompt] = hit.text
     self._count(cached=len(replies))
@@ -117,8 +119,12 @@ class OpenAIClient:
       progress(len(replies), len(unique))
     missing = [p for p in unique if p not in replies]
     if missing:
-      self._ask_all(missing, replies, progress, len(unique))
+      self._ask_all(missing, replies, progress, len(unique), draw)
     return replies
+
+  def _cache_model(self, draw: int) -> str:
+    """The cache's model key of the `draw`-th reply to a prompt (draw 0: the model's name, as before draws)."""
+    return self.config.model if draw == 0 else f"{self.config.model}#draw{draw}"
 
   def usage(self) -> dict[str, float]:
     """calls (HTTP requests sent, retries included), cached, malformed (judges: rated 0), the tokens of new replies
@@ -130,12 +136,13 @@ class OpenAIClient:
       usage["cost_usd"] = (usage["prompt_tokens"] * prompt + usage["completion_tokens"] * completion) / 1e6
     return usage
 
-  def _ask_all(self, prompts: list[str], replies: dict[str, str], progress: Progress | None, total: int) -> None:
+  def _ask_all(self, prompts: list[str], replies: dict[str, str], progress: Progress | None, total: int,
+               draw: int) -> None:
     """Asks all prompts on the pool; on the first request that fails for good, lets the in-flight ones finish."""
     key = self._api_key()
     stop = threading.Event()
     pool = concurrent.futures.ThreadPoolExecutor(min(self.config.concurrency, len(prompts)), f"openai-{self.role}")
-    futures = {pool.submit(self._ask, prompt, key, stop): prompt for prompt in prompts}
+    futures = {pool.submit(self._ask, prompt, key, stop, draw): prompt for prompt in prompts}
     try:
       for future in concurrent.futures.as_completed(futures):
         replies[futures[future]] = future.result()
@@ -147,11 +154,11 @@ class OpenAIClient:
     finally:
       pool.shutdown(wait=True, cancel_futures=True)
 
-  def _ask(self, prompt: str, key: str, stop: threading.Event) -> str:
+  def _ask(self, prompt: str, key: str, stop: threading.Event, draw: int) -> str:
     """One prompt's reply text, retried with backoff; cached as soon as it arrives."""
     body = json.dumps({"model": self.config.model, "messages": [{"role": "user", "content": prompt}],
                        "temperature": self.config.temperature, "max_tokens": self.config.max_tokens,
-                       **({} if self.config.seed is None else {"seed": self.config.seed})}).encode()
+                       **({} if self.config.seed is None else {"seed": self.config.seed + draw})}).encode()
     failures = 0
     while True:
       if stop.is_set():
@@ -171,7 +178,7 @@ class OpenAIClient:
       except AxjaxError:
         stop.set()  # set here, not by the caller, so no queued prompt starts after a failure for good
         raise
-    self._cache.put(self.config.model, prompt, reply)
+    self._cache.put(self._cache_model(draw), prompt, reply)
     self._count(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens)
     return reply.text
 

@@ -50,13 +50,14 @@ AXBENCH_DETECTION_TOKENS = 512  # PromptDetection's eval_output_length
 
 @dataclasses.dataclass(frozen=True)
 class Writer:
-  """An LLM that writes steering prompts: `complete` maps user prompts to reply texts, one per prompt, in order.
+  """An LLM that writes steering prompts (and generated data): `complete` maps user prompts to reply texts, one per
+  prompt, in order; `complete(prompts, draw=k)`, where supported, gives the k-th independent reply (a retry).
 
   `name` labels the prompts it writes (e.g. "openai:gpt-4o-mini"), so reports can tell them from the fallback.
   """
 
   name: str
-  complete: Callable[[Sequence[str]], list[str]]
+  complete: Callable[..., list[str]]
 
 
 def openai_writer(judge: OpenAIClient) -> Writer:
@@ -65,15 +66,16 @@ def openai_writer(judge: OpenAIClient) -> Writer:
   AxBench asks at temperature 1.0 with no token limit: give the judge's config a `max_tokens` that fits a prompt
   with in-context examples (e.g. 1024).
   """
-  return Writer(judge.name, judge.complete)
+  return Writer(judge.name, lambda prompts, draw=0: judge.complete(prompts, draw=draw))
 
 
 def local_writer(model: LoadedModel, *, max_new_tokens: int = 512, temperature: float = 1.0, seed: int = 0,
                  batch_size: int = 16) -> Writer:
-  """A local chat model as the writer, through axjax's batched generation (the local judge's path)."""
+  """A local chat model as the writer, through axjax's batched generation (the local judge's path); draw k
+  samples with seed + k."""
   sampling = SamplingConfig(max_new_tokens, temperature)
-  return Writer(f"local:{model.name}", lambda prompts: generate_text(model, prompts, sampling=sampling, seed=seed,
-                                                                      chat=True, batch_size=batch_size))
+  return Writer(f"local:{model.name}", lambda prompts, draw=0: generate_text(
+      model, prompts, sampling=sampling, seed=seed + draw, chat=True, batch_size=batch_size))
 
 
 def steering_prompts(concepts: Sequence[str], writer: Writer | None, *,
