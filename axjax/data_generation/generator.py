@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -144,50 +145,84 @@ def _pool(job: Job) -> list[list[str]]:
   return pool
 
 
-def _train_parts(job: Job) -> list[TrainPart]:
-  records = [(cid, c, run_state.read_record(job.folder, "train", cid)) for cid, c in enumerate(job.concepts)]
-  return [TrainPart(cid, c.description, c.ref, r["genres"], r["positives"]) for cid, c, r in records
-          if r is not None and "skipped" not in r]
+class _Pacer:
+  """Says when to rewrite the data files: after the first concept, then once at least `min_s` (or ten times the
+  last rewrite's duration) has passed, so rewriting a large folder never takes more than a tenth of the run."""
+
+  def __init__(self, min_s: float = 60.0):
+    self.min_s, self.last, self.cost = min_s, None, 0.0
+
+  def due(self) -> bool:
+    return self.last is None or time.monotonic() - self.last >= max(self.min_s, 10 * self.cost)
+
+  def wrote(self, started: float) -> None:
+    self.last = time.monotonic()
+    self.cost = self.last - started
+
+
+def _each_concept(job: Job, mode: str, make: Callable[[int, ListedConcept], dict[str, Any]],
+                  write: Callable[[dict[int, dict[str, Any]]], None], describe: Callable[[dict[str, Any]], str]
+                  ) -> None:
+  """`make` the record of every concept of `mode` without one (written as soon as made), then `write` the data
+  files from all records: paced while concepts finish (a killed run leaves readable files of the concepts
+  written so far; the records resume the rest) and always at the end."""
+  records = _records(job, mode)
+  pacer = _Pacer()
+  for cid, concept in enumerate(job.concepts):
+    if cid in records:
+      continue
+    records[cid] = make(cid, concept)
+    run_state.write_record(job.folder, mode, cid, records[cid])
+    job.log(f"{mode} {cid + 1}/{len(job.concepts)} {concept.description[:60]!r}: " + (
+        f"skipped ({records[cid]['skipped']})" if "skipped" in records[cid] else describe(records[cid])))
+    if pacer.due():
+      started = time.monotonic()
+      write(records)
+      pacer.wrote(started)
+  write(records)  # also when nothing was left to make: a killed run may have stopped before writing its last
+
+
+def _records(job: Job, mode: str) -> dict[int, dict[str, Any]]:
+  """{concept id: record} of the concepts of `mode` finished so far."""
+  return {cid: r for cid in range(len(job.concepts)) if (r := run_state.read_record(job.folder, mode, cid)) is not None}
+
+
+def _kept(job: Job, records: dict[int, dict[str, Any]]) -> list[tuple[int, ListedConcept, dict[str, Any]]]:
+  """(id, concept, record) of the concepts with data, in id order."""
+  return [(cid, job.concepts[cid], r) for cid, r in sorted(records.items()) if "skipped" not in r]
+
+
+def _train_parts(job: Job, records: dict[int, dict[str, Any]]) -> list[TrainPart]:
+  return [TrainPart(cid, c.description, c.ref, r["genres"], r["positives"]) for cid, c, r in _kept(job, records)]
 
 
 def generate_train(job: Job) -> None:
-  """Training data for every concept without a training record: metadata.jsonl and train_data*.parquet
-  rewritten after each concept, so a killed run leaves a readable folder of the concepts done."""
+  """Training data for every concept without a training record: metadata.jsonl and train_data*.parquet."""
   pool = _pool(job)
-  for cid, concept in enumerate(job.concepts):
-    if run_state.read_record(job.folder, "train", cid) is not None:
-      continue
-    record = _concept_train(job, cid, concept)
-    run_state.write_record(job.folder, "train", cid, record)
-    write_train(job.folder, pool, _train_parts(job))
-    job.log(f"train {cid + 1}/{len(job.concepts)} {concept.description[:60]!r}: "
-            + (f"skipped ({record['skipped']})" if "skipped" in record else f"{len(record['positives'])} positives"))
-  if not os.path.exists(os.path.join(job.folder, "generate", "metadata.jsonl")):
-    write_train(job.folder, pool, [])
+  _each_concept(job, "train", lambda cid, concept: _concept_train(job, cid, concept),
+                lambda records: write_train(job.folder, pool, _train_parts(job, records)),
+                lambda record: f"{len(record['positives'])} positives")
 
 
 def generate_latent(job: Job) -> None:
   """Latent-eval data for every concept with training data and without a latent record (the genre comes from
-  training); latent_eval_data.parquet rewritten after each concept."""
-  for cid, concept in enumerate(job.concepts):
-    if run_state.read_record(job.folder, "latent", cid) is not None:
-      continue
+  training): latent_eval_data.parquet."""
+  def make(cid: int, concept: ListedConcept) -> dict[str, Any]:
     trained = run_state.read_record(job.folder, "train", cid)
     if trained is None:
       raise AxjaxError(f"concept {cid} ({concept.description!r}) has no training data in {job.folder} yet: run "
                        "--mode=train first (it gives each concept its genre)")
-    record = ({"skipped": f"skipped in training: {trained['skipped']}"} if "skipped" in trained
-              else _concept_latent(job, cid, concept, trained["genres"][0]))
-    run_state.write_record(job.folder, "latent", cid, record)
-    parts = [(c, run_state.read_record(job.folder, "latent", k)) for k, c in enumerate(job.concepts)]
-    done = [LatentPart(k, c.description, c.ref, **r) for k, (c, r) in enumerate(parts)
-            if r is not None and "skipped" not in r]
-    if done:
-      write_latent(job.folder, done)
-    job.log(f"latent {cid + 1}/{len(job.concepts)} {concept.description[:60]!r}: "
-            + (f"skipped ({record['skipped']})" if "skipped" in record else
-               f"{len(record['eval_positives'])} positives, {len(record['eval_negatives'])} negatives, "
-               f"{len(record['hard_negatives'])} hard negatives"))
+    if "skipped" in trained:
+      return {"skipped": f"skipped in training: {trained['skipped']}"}
+    return _concept_latent(job, cid, concept, trained["genres"][0])
+
+  def write(records: dict[int, dict[str, Any]]) -> None:
+    if parts := [LatentPart(cid, c.description, c.ref, **r) for cid, c, r in _kept(job, records)]:
+      write_latent(job.folder, parts)
+
+  _each_concept(job, "latent", make, write, lambda record: (
+      f"{len(record['eval_positives'])} positives, {len(record['eval_negatives'])} negatives, "
+      f"{len(record['hard_negatives'])} hard negatives"))
 
 
 PAIR_COLUMNS = ("input", "winning_output", "losing_output", "output_concept", "concept_genre", "category",
@@ -198,7 +233,7 @@ def generate_pairs(job: Job) -> None:
   """generate/dpo_train_data.parquet: each training positive's response (winning) against the target model's own
   greedy answer (losing) to its instruction; the shared pool's rows win and lose with the same answer, as
   AxBench's. The answers come from, and stay in, the response cache the preference methods read."""
-  parts = _train_parts(job)
+  parts = _train_parts(job, _records(job, "train"))
   if not parts:
     raise AxjaxError(f"{job.folder} has no training data to pair: run --mode=train first")
   instructions = [i for p in parts for i, _, _ in p.positives]
