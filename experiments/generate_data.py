@@ -42,8 +42,9 @@ _MODEL = flags.DEFINE_string("model", axjax.EMBEDDED_MODEL,
 _MODE = flags.DEFINE_list("mode", ["train", "latent"],
                           f"What to generate, from {', '.join(MODES)} (run in that order); pairs: the target model's "
                           "own answers to the training instructions, for the preference (RePS) methods.")
-_LLM = flags.DEFINE_string("llm", "openai", "'openai' (any OpenAI-compatible endpoint, see --llm_model and "
-                           "--llm_base_url) or a local chat checkpoint (folder, .gguf or 'gemma-3-270m').")
+_LLM = flags.DEFINE_string("llm", "openai", "'openai' (an OpenAI-compatible endpoint at --llm_base_url, model "
+                           "--llm_model), the endpoint's URL itself (e.g. http://localhost:8000/v1), or a local chat "
+                           "checkpoint (folder, .gguf or 'gemma-3-270m').")
 _LLM_MODEL = flags.DEFINE_string("llm_model", "gpt-4o-mini", "openai: the model name (AxBench: gpt-4o-mini).")
 _LLM_URL = flags.DEFINE_string("llm_base_url", "https://api.openai.com/v1",
                                "openai: the endpoint up to the API version, e.g. http://localhost:8000/v1.")
@@ -81,10 +82,11 @@ def _modes() -> list[str]:
 
 def _client() -> OpenAIClient | None:
   """The OpenAI-compatible client --llm=openai asks for, checked (a server that refuses, a missing key)."""
-  if _LLM.value != "openai":
+  endpoint = _LLM.value.startswith(("http://", "https://"))
+  if _LLM.value != "openai" and not endpoint:
     return None
   client = OpenAIClient(OpenAIConfig(
-      model=_LLM_MODEL.value, base_url=_LLM_URL.value, api_key_env=_LLM_KEY_ENV.value,
+      model=_LLM_MODEL.value, base_url=_LLM.value if endpoint else _LLM_URL.value, api_key_env=_LLM_KEY_ENV.value,
       concurrency=_LLM_CONCURRENCY.value, timeout_s=_LLM_TIMEOUT.value, max_tokens=_LLM_MAX_TOKENS.value,
       seed=_SEED.value, cache_path=_LLM_CACHE.value or os.path.join(cache_dir(), "llm_replies.sqlite")), role="LLM")
   client.check()

@@ -191,7 +191,8 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tiny_with_tokenizer, tmp_p
     refused = run(command(other, out, server.url, tmp_path / "llm.sqlite", tiny_with_tokenizer))
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert f"{out} was generated for another concept list (1 concepts, first {script.CODE!r})" in refused.stderr
-    changed = run(command(good, out, server.url, tmp_path / "llm.sqlite", tiny_with_tokenizer, "--seed=7"))
+    changed = run([*command(good, out, server.url, tmp_path / "llm.sqlite", tiny_with_tokenizer, "--seed=7"),
+                   f"--llm={server.url}"])  # the endpoint given as --llm itself
     assert changed.returncode == 2 and "was generated with seed=42, not 7" in changed.stderr
     assert listing(out) == before
 
