@@ -6,7 +6,7 @@ a whole job compiles a handful of shapes at most.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +50,10 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, bucket: int) -> tuple[n
 
 def generate_text(model: LoadedModel, prompts: Sequence[str], *, sampling: SamplingConfig = SamplingConfig(),
                   seed: int = 0, chat: bool = True, batch_size: int = 16, length_bucket: int = 32,
-                  intervention: Intervention | None = None, intervention_params: Any = None) -> list[str]:
-  """Completions for `prompts`. Per-prompt intervention params carry a leading axis of len(prompts)."""
+                  intervention: Intervention | None = None, intervention_params: Any = None,
+                  progress: Callable[[int, int], None] | None = None) -> list[str]:
+  """Completions for `prompts`. Per-prompt intervention params carry a leading axis of len(prompts); `progress`,
+  if given, gets (prompts done, total) after each batch."""
   if model.tokenizer is None:
     raise AxjaxError(f"{model.source} has no tokenizer, so it cannot generate from text")
   if not prompts:
@@ -75,6 +77,8 @@ def generate_text(model: LoadedModel, prompts: Sequence[str], *, sampling: Sampl
                           intervention, params)
     tokens, lengths = processes.to_host(out.tokens), processes.to_host(out.lengths)
     texts += [tok.decode(tokens[i, :lengths[i]], skip_special_tokens=True) for i in range(n)]
+    if progress is not None:
+      progress(len(texts), len(prompts))
   return texts
 
 

@@ -127,9 +127,10 @@ def parse_detection_rating(reply: str) -> float:
 
 def rate_outputs(model: LoadedModel, concepts: Sequence[str], outputs: Sequence[str], *,
                  max_new_tokens: int = AXBENCH_DETECTION_TOKENS, temperature: float = 1.0, seed: int = 0,
-                 batch_size: int = 16) -> np.ndarray:
+                 batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
   """float32 [E] PromptDetection scores: `model` rates outputs[e] for concepts[e] through fixed-shape batched
-  generation (temperature 1.0 as AxBench; 0 is greedy), each reply parsed by `parse_detection_rating`."""
+  generation (temperature 1.0 as AxBench; 0 is greedy), each reply parsed by `parse_detection_rating`;
+  `progress` gets (rated, total) after each batch."""
   if len(concepts) != len(outputs):
     raise AxjaxError(f"rate_outputs needs one concept per output, got {len(concepts)} concepts for "
                      f"{len(outputs)} outputs")
@@ -137,7 +138,7 @@ def rate_outputs(model: LoadedModel, concepts: Sequence[str], outputs: Sequence[
     raise AxjaxError("prompt detection needs max_new_tokens >= 1, temperature >= 0 and batch_size >= 1")
   replies = generate_text(model, [detection_prompt(c, o) for c, o in zip(concepts, outputs)],
                           sampling=SamplingConfig(max_new_tokens, temperature), seed=seed, chat=True,
-                          batch_size=batch_size)
+                          batch_size=batch_size, progress=progress)
   return np.array([parse_detection_rating(r) for r in replies], np.float32).reshape(len(outputs))
 
 
@@ -162,7 +163,7 @@ def fit_concepts(name: str, cache, hp: dict, seed: int, progress, checkpoint_dir
   return {"prompt": text_array(p for p, _ in written), "prompt_source": text_array(s for _, s in written)}, None, 0
 
 
-def detection_scores(dictionary, model, ex, layer: int, *, data: AxbenchData, seed: int = 0, **_
+def detection_scores(dictionary, model, ex, layer: int, *, data: AxbenchData, seed: int = 0, progress=None, **_
                      ) -> tuple[np.ndarray, bool]:
   """PromptDetection's [E, C] scores: each latent-eval row rated for its own concept (`prompt_detection_scores`),
   0 in the other columns (a generation per row and concept is too dear for the imbalanced pool: False)."""
@@ -170,7 +171,9 @@ def detection_scores(dictionary, model, ex, layer: int, *, data: AxbenchData, se
   own = dictionary.rows_of(ex.concept_ids, missing=-1)
   hp = dictionary.hyperparameters
   rated = prompt_detection_scores(model, data, max_new_tokens=hp["max_new_tokens"], temperature=hp["temperature"],
-                                  seed=seed)
+                                  seed=seed, progress=None if progress is None else (
+                                      lambda done, total: progress("detection scores (PromptDetection)", done,
+                                                                   total)))
   out = np.zeros((len(own), dictionary.num_concepts), np.float32)
   out[np.flatnonzero(own >= 0), own[own >= 0]] = rated[own >= 0]
   return out, False
