@@ -24,7 +24,7 @@ import axjax
 from axjax.data_generation import run_state
 from axjax.data_generation.concept_lists import read_concept_list
 from axjax.data_generation.generator import (MODES, GenerationConfig, Job, generate_latent, generate_pairs,
-                                             generate_train, write_summary)
+                                             generate_train, require_training, write_summary)
 from axjax.data_generation.sampling import Counts
 from axjax.data_generation.seed_instructions import BUILTIN, seed_instructions
 from axjax.errors import AxjaxError
@@ -121,7 +121,9 @@ def main(argv):
   writer = _writer(client, model)
   folder = _OUTPUT.value
   settings = config.settings(concepts, model, writer.name, _SEEDS.value)
-  run_state.check_settings(folder, settings)  # nothing is written before this
+  run_state.check_settings(folder, settings)  # nothing is written before these checks
+  if "train" not in modes:
+    require_training(folder, concepts)
   run_state.write_settings(folder, settings)
   job = Job(folder, concepts, model, writer, seeds, config, log=cli.say, progress=cli.progress_bars())
   steps = {"train": generate_train, "latent": generate_latent, "pairs": generate_pairs}

@@ -12,7 +12,6 @@ import sys
 import time
 
 import pandas as pd
-import pytest
 
 import generation_script as script
 from axjax.data.axbench_format import BUILTIN_ROOT, read_axbench
@@ -184,6 +183,9 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tiny_with_tokenizer, tmp_p
     assert done.stderr.count("\n") == 1 and not out.exists(), sentence
 
   with StubServer(reply=script.reply) as server:
+    early = run(command(good, out, server.url, tmp_path / "llm.sqlite", tiny_with_tokenizer, "--mode=latent"))
+    assert early.returncode == 2 and f"concept 0 ({script.CODE!r}) has no training data in {out} yet: run " \
+        "--mode=train first" in early.stderr and not out.exists(), early.stderr[-2000:]
     first = run(command(good, out, server.url, tmp_path / "llm.sqlite", tiny_with_tokenizer, "--mode=train"))
     assert first.returncode == 0, first.stderr[-3000:]
     before = listing(out)

@@ -204,14 +204,22 @@ def generate_train(job: Job) -> None:
                 lambda record: f"{len(record['positives'])} positives")
 
 
+def require_training(folder: str, concepts: Sequence[ListedConcept]) -> None:
+  """Refuses latent or pairs generation before every concept has its training record (its genre, its
+  positives), in one sentence naming the first that lacks one."""
+  for cid, concept in enumerate(concepts):
+    if run_state.read_record(folder, "train", cid) is None:
+      raise AxjaxError(f"concept {cid} ({concept.description!r}) has no training data in {folder} yet: run "
+                       "--mode=train first (it gives each concept its genre and positives)")
+
+
 def generate_latent(job: Job) -> None:
   """Latent-eval data for every concept with training data and without a latent record (the genre comes from
   training): latent_eval_data.parquet."""
+  require_training(job.folder, job.concepts)
+
   def make(cid: int, concept: ListedConcept) -> dict[str, Any]:
     trained = run_state.read_record(job.folder, "train", cid)
-    if trained is None:
-      raise AxjaxError(f"concept {cid} ({concept.description!r}) has no training data in {job.folder} yet: run "
-                       "--mode=train first (it gives each concept its genre)")
     if "skipped" in trained:
       return {"skipped": f"skipped in training: {trained['skipped']}"}
     return _concept_latent(job, cid, concept, trained["genres"][0])
@@ -233,9 +241,8 @@ def generate_pairs(job: Job) -> None:
   """generate/dpo_train_data.parquet: each training positive's response (winning) against the target model's own
   greedy answer (losing) to its instruction; the shared pool's rows win and lose with the same answer, as
   AxBench's. The answers come from, and stay in, the response cache the preference methods read."""
+  require_training(job.folder, job.concepts)
   parts = _train_parts(job, _records(job, "train"))
-  if not parts:
-    raise AxjaxError(f"{job.folder} has no training data to pair: run --mode=train first")
   instructions = [i for p in parts for i, _, _ in p.positives]
   answers = dict(zip(instructions, own_responses(
       job.model, instructions, max_new_tokens=job.config.pair_tokens, progress=None if job.progress is None else
