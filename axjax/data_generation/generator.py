@@ -28,16 +28,15 @@ from axjax.data_generation.concept_lists import ListedConcept
 from axjax.data_generation.concept_steps import concept_genres, contrast_concepts
 from axjax.data_generation.folder import EMPTY_CONCEPT, LatentPart, TrainPart, write_latent, write_train
 from axjax.data_generation.responses import with_concept, with_contrast, with_retries, without_concept
-from axjax.data_generation.sampling import Counts, concept_instructions, pool_instructions
+from axjax.data_generation.sampling import Counts, Seeds, concept_instructions, pool_instructions
 from axjax.errors import AxjaxError
 from axjax.loading.load import LoadedModel
+from axjax.methods.fit import Progress
 from axjax.methods.own_responses import RESPONSE_TOKENS, own_responses
 from axjax.methods.prompting import Writer
 
 MODES = ("train", "latent", "pairs")
-Seeds = dict[tuple[str, str], list[str]]
 Log = Callable[[str], None]
-Progress = Callable[[str, int, int], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +90,11 @@ def _responses(respond, items, retries: int, what: str) -> tuple[list[str], str 
   return out, None
 
 
+def _triples(asked: Sequence[tuple[str, str]], outs: Sequence[str]) -> list[list[str]]:
+  """[instruction, response, genre] rows from the (instruction, genre) pairs asked and their responses."""
+  return [[i, o, g] for (i, g), o in zip(asked, outs)]
+
+
 def _concept_train(job: Job, concept_id: int, concept: ListedConcept) -> dict[str, Any]:
   """A concept's training record: genres and positives, or why it is skipped."""
   cfg, tokenizer, name = job.config, job.model.tokenizer, concept.description
@@ -101,7 +105,7 @@ def _concept_train(job: Job, concept_id: int, concept: ListedConcept) -> dict[st
                              asked, cfg.retries, "responses with the concept")
   if skipped:
     return {"skipped": skipped}
-  return {"genres": genres, "positives": [[i, o, g] for (i, g), o in zip(asked, outs)]}
+  return {"genres": genres, "positives": _triples(asked, outs)}
 
 
 def _concept_latent(job: Job, concept_id: int, concept: ListedConcept, genre: str) -> dict[str, Any]:
@@ -124,10 +128,9 @@ def _concept_latent(job: Job, concept_id: int, concept: ListedConcept, genre: st
         list(zip(contrasts, parts["hard_negatives"])), cfg.retries, "hard-negative responses")
   if skipped:
     return {"skipped": skipped}
-  triples = lambda asked, outs: [[i, o, g] for (i, g), o in zip(asked, outs)]
-  return {"eval_positives": triples(parts["eval_positives"], positives),
-          "eval_negatives": triples(parts["eval_negatives"], negatives),
-          "hard_negatives": triples(parts["hard_negatives"], hard), "contrasts": [list(c) for c in contrasts]}
+  return {"eval_positives": _triples(parts["eval_positives"], positives),
+          "eval_negatives": _triples(parts["eval_negatives"], negatives),
+          "hard_negatives": _triples(parts["hard_negatives"], hard), "contrasts": [list(c) for c in contrasts]}
 
 
 def _pool(job: Job) -> list[list[str]]:
@@ -166,7 +169,7 @@ def _each_concept(job: Job, mode: str, make: Callable[[int, ListedConcept], dict
   """`make` the record of every concept of `mode` without one (written as soon as made), then `write` the data
   files from all records: paced while concepts finish (a killed run leaves readable files of the concepts
   written so far; the records resume the rest) and always at the end."""
-  records = _records(job, mode)
+  records = run_state.read_records(job.folder, mode, len(job.concepts))
   pacer = _Pacer()
   for cid, concept in enumerate(job.concepts):
     if cid in records:
@@ -180,11 +183,6 @@ def _each_concept(job: Job, mode: str, make: Callable[[int, ListedConcept], dict
       write(records)
       pacer.wrote(started)
   write(records)  # also when nothing was left to make: a killed run may have stopped before writing its last
-
-
-def _records(job: Job, mode: str) -> dict[int, dict[str, Any]]:
-  """{concept id: record} of the concepts of `mode` finished so far."""
-  return {cid: r for cid in range(len(job.concepts)) if (r := run_state.read_record(job.folder, mode, cid)) is not None}
 
 
 def _kept(job: Job, records: dict[int, dict[str, Any]]) -> list[tuple[int, ListedConcept, dict[str, Any]]]:
@@ -204,22 +202,24 @@ def generate_train(job: Job) -> None:
                 lambda record: f"{len(record['positives'])} positives")
 
 
-def require_training(folder: str, concepts: Sequence[ListedConcept]) -> None:
-  """Refuses latent or pairs generation before every concept has its training record (its genre, its
-  positives), in one sentence naming the first that lacks one."""
+def require_training(folder: str, concepts: Sequence[ListedConcept]) -> dict[int, dict[str, Any]]:
+  """Every concept's training record (its genre, its positives); refuses latent or pairs generation before
+  every concept has one, in one sentence naming the first that lacks one."""
+  records = run_state.read_records(folder, "train", len(concepts))
   for cid, concept in enumerate(concepts):
-    if run_state.read_record(folder, "train", cid) is None:
+    if cid not in records:
       raise AxjaxError(f"concept {cid} ({concept.description!r}) has no training data in {folder} yet: run "
                        "--mode=train first (it gives each concept its genre and positives)")
+  return records
 
 
 def generate_latent(job: Job) -> None:
   """Latent-eval data for every concept with training data and without a latent record (the genre comes from
   training): latent_eval_data.parquet."""
-  require_training(job.folder, job.concepts)
+  training = require_training(job.folder, job.concepts)
 
   def make(cid: int, concept: ListedConcept) -> dict[str, Any]:
-    trained = run_state.read_record(job.folder, "train", cid)
+    trained = training[cid]
     if "skipped" in trained:
       return {"skipped": f"skipped in training: {trained['skipped']}"}
     return _concept_latent(job, cid, concept, trained["genres"][0])
@@ -241,8 +241,7 @@ def generate_pairs(job: Job) -> None:
   """generate/dpo_train_data.parquet: each training positive's response (winning) against the target model's own
   greedy answer (losing) to its instruction; the shared pool's rows win and lose with the same answer, as
   AxBench's. The answers come from, and stay in, the response cache the preference methods read."""
-  require_training(job.folder, job.concepts)
-  parts = _train_parts(job, _records(job, "train"))
+  parts = _train_parts(job, require_training(job.folder, job.concepts))
   instructions = [i for p in parts for i, _, _ in p.positives]
   answers = dict(zip(instructions, own_responses(
       job.model, instructions, max_new_tokens=job.config.pair_tokens, progress=None if job.progress is None else

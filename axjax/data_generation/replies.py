@@ -8,7 +8,7 @@ the target tokenizer's budget.)
 
 from __future__ import annotations
 
-GENRES = ("text", "code", "math")
+from axjax.data_generation.seed_instructions import GENRES
 
 
 def genres(reply: str) -> list[str]:

@@ -57,6 +57,11 @@ def read_record(folder: str, mode: str, concept_id: int) -> dict[str, Any] | Non
   return atomic_files.read_json(path) if os.path.exists(path) else None
 
 
+def read_records(folder: str, mode: str, count: int) -> dict[int, dict[str, Any]]:
+  """{concept id: record} of the first `count` concepts of `mode` finished so far."""
+  return {cid: r for cid in range(count) if (r := read_record(folder, mode, cid)) is not None}
+
+
 def write_record(folder: str, mode: str, concept_id: int, record: dict[str, Any]) -> None:
   atomic_files.write_json(_record_path(folder, mode, concept_id), record)
 

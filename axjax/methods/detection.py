@@ -52,13 +52,17 @@ KIND_SCORES = {"bow": bow.detection_scores, "attribution": attribution.detection
 def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedModel, data: AxbenchData, layer: int,
                        imbalance_factor: int | None = 100, progress: Callable[[str, int, int], None] | None = None,
                        mesh: jax.sharding.Mesh | None = None, params=None, seed: int = 0,
-                       scratch_dir: str | None = None) -> dict[str, tuple[dict[str, Any], Dictionary]]:
+                       scratch_dir: str | None = None,
+                       on_report: Callable[[str, dict[str, Any], Dictionary], None] | None = None
+                       ) -> dict[str, tuple[dict[str, Any], Dictionary]]:
   """Detection report of each dictionary, and the dictionary with per-concept max activation and threshold.
 
   One pass of the model over the latent-eval texts scores every concept of every rank-1 dictionary at once (its
   batches split over `mesh`'s concept axis; `params`: the model's weights already placed on it); the other
   kinds score with their own `KIND_SCORES` (BoW, IG/IxG and PromptDetection: their imbalanced F1 only where
-  they score the shared pool). `scratch_dir`: where the slow kinds (IG) keep their scores so far, to resume.
+  they score the shared pool). `scratch_dir`: where the slow kinds (IG) keep their scores so far, to resume;
+  `on_report(name, report, dictionary)` runs as each report is made (a slow kind's before the next kind starts),
+  so a caller can write it at once.
   max activation: the concept's largest example score on its eval rows (what AxBench scales steering by);
   threshold: the Youden-J point of its ROC curve, mapped back from AxBench's min-max scale to raw scores.
   """
@@ -66,13 +70,19 @@ def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedMode
     return {}  # nothing detects: a folder without latent-eval data is fine
   ex = latent_eval_examples(data, model.tokenizer)
   out = {}
+
+  def made(name: str, result: tuple[dict[str, Any], Dictionary]) -> None:
+    out[name] = result
+    if on_report is not None:
+      on_report(name, *result)
+
   for name, dictionary in dictionaries.items():
     kind = method(dictionary.method).kind
     if kind != "direction":
       scratch = None if scratch_dir is None else os.path.join(scratch_dir, f"{name}.npz")
       scores, pooled = KIND_SCORES[kind](dictionary, model, ex, layer, data=data, seed=seed, mesh=mesh,
                                          params=params, progress=progress, scratch=scratch)
-      out[name] = _report(dictionary, scores, ex, imbalance_factor if pooled else None)
+      made(name, _report(dictionary, scores, ex, imbalance_factor if pooled else None))
   names = [n for n in dictionaries if n not in out]
   if not names:
     return {n: out[n] for n in dictionaries}
@@ -86,6 +96,6 @@ def evaluate_detection(dictionaries: Mapping[str, Dictionary], model: LoadedMode
                               ex.attention_mask, ex.score_mask, layer, stack("weights"), stack("biases"), relu,
                               floors, progress=report, mesh=mesh)
   bounds = np.cumsum([0] + [dictionaries[n].num_concepts for n in names])
-  out.update({n: _report(dictionaries[n], scores[:, bounds[i]:bounds[i + 1]], ex, imbalance_factor)
-              for i, n in enumerate(names)})
+  for i, n in enumerate(names):
+    made(n, _report(dictionaries[n], scores[:, bounds[i]:bounds[i + 1]], ex, imbalance_factor))
   return {n: out[n] for n in dictionaries}

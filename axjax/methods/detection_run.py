@@ -8,7 +8,6 @@ activations and thresholds), detection/<method>.json (AxBench's metrics), traini
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import shutil
@@ -244,14 +243,9 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
     trained = {name: load_dictionary(dict_path(output_dir, name), hidden_size=hidden, layer=layer)
                for name in pending}
     dictionaries.update({n: d for n, d in trained.items() if not method(d.method).detects})
-    detecting = {n: d for n, d in trained.items() if method(d.method).detects}
-    # Each slow kind on its own, its report written before the next starts; the directions in one pass.
-    groups = [{n: d} for n, d in detecting.items() if method(d.method).kind != "direction"]
-    groups.append({n: d for n, d in detecting.items() if method(d.method).kind == "direction"})
     scratch = os.path.join(output_dir, "scoring")
-    for name, (report, dictionary) in itertools.chain.from_iterable(
-        evaluate_detection(group, cache.model, cache.data, layer, imbalance_factor, cache.progress, cache.mesh,
-                           cache.placed_params, seed, scratch).items() for group in groups):
+
+    def write(name: str, report: dict, dictionary: Dictionary) -> None:  # as soon as each report is made
       record_path = os.path.join(output_dir, "training", f"{name}.json")
       if os.path.exists(record_path):
         report["training"] = atomic_files.read_json(record_path)
@@ -261,6 +255,10 @@ def run_detection(cache: ActivationCache, methods: Sequence[str], output_dir: st
       reports[name], dictionaries[name] = report, dictionary
       processes.on_writer(_remove_if_present, os.path.join(scratch, f"{name}.npz"))  # its scores so far
       log(f"{name}: mean AUROC {report['mean']['roc']['roc_auc']:.3f} over {len(report['concepts'])} concepts")
+
+    evaluate_detection({n: d for n, d in trained.items() if method(d.method).detects}, cache.model, cache.data,
+                       layer, imbalance_factor, cache.progress, cache.mesh, cache.placed_params, seed, scratch,
+                       on_report=write)
   names = [n for m in methods for n in entries[m]]
   return {n: reports[n] for n in names if n in reports}, {n: dictionaries[n] for n in names}
 
