@@ -214,3 +214,22 @@ def test_a_local_model_can_be_the_llm(tiny_with_tokenizer, tmp_path):
   settings = json.loads((out / "generate" / "generation.json").read_text())
   assert settings["llm"] == f"local:{os.path.basename(tiny_with_tokenizer)}"
   assert not (out / "generate" / "llm_usage.jsonl").exists()  # no endpoint, nothing to bill
+
+
+def test_pairs_refuse_a_folder_whose_concepts_were_all_skipped(tmp_path):
+  from axjax.data_generation import run_state
+  from axjax.data_generation.concept_lists import ListedConcept
+  from axjax.data_generation.generator import Job, generate_pairs
+  from axjax.errors import AxjaxError
+
+  concepts = [ListedConcept("cats", None), ListedConcept("rain", None)]
+  for cid in range(len(concepts)):
+    run_state.write_record(str(tmp_path), "train", cid, {"skipped": "2 of 72 responses were empty"})
+  job = Job(str(tmp_path), concepts, model=None, writer=None, seeds={})
+  try:
+    generate_pairs(job)
+  except AxjaxError as error:
+    assert str(error) == f"{tmp_path} has no training data to pair: every concept was skipped in training"
+  else:
+    raise AssertionError("generate_pairs wrote pairs with no training data")
+  assert not (tmp_path / "generate" / "dpo_train_data.parquet").exists()

@@ -135,7 +135,6 @@ def test_prompt_detection_rates_each_row_for_its_own_concept(tiny, monkeypatch):
   scores = prompt_detection_scores(tiny, data, max_new_tokens=4, temperature=0.0, batch_size=2,
                                    progress=lambda done, total: seen.append((done, total)))
   assert seen == [(2, 3), (3, 3)]  # after each batch
-  calls[0][1].pop("progress")
   again = prompt_detection_scores(tiny, data, max_new_tokens=4, temperature=0.0, batch_size=4)
   (prompts, options, replies), (prompts_again, _, replies_again) = calls
   assert prompts == [rubrics.CONCEPT.format(concept=c, generation=o)

@@ -242,6 +242,8 @@ def generate_pairs(job: Job) -> None:
   greedy answer (losing) to its instruction; the shared pool's rows win and lose with the same answer, as
   AxBench's. The answers come from, and stay in, the response cache the preference methods read."""
   parts = _train_parts(job, require_training(job.folder, job.concepts))
+  if not parts:
+    raise AxjaxError(f"{job.folder} has no training data to pair: every concept was skipped in training")
   instructions = [i for p in parts for i, _, _ in p.positives]
   answers = dict(zip(instructions, own_responses(
       job.model, instructions, max_new_tokens=job.config.pair_tokens, progress=None if job.progress is None else
